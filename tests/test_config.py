@@ -1,0 +1,76 @@
+"""EncoderConfig: presets, derived fields, and errors that name the offending field."""
+
+from __future__ import annotations
+
+import pytest
+
+from lit_nomic.config import ConfigError, EncoderConfig, preset, preset_names
+
+
+def test_nomic_v2_preset_layout() -> None:
+    c = preset("nomic-embed-text-v2-moe")
+    assert c.padded_vocab_size == 250048
+    assert c.moe_layer_indices == [1, 3, 5, 7, 9, 11]
+    assert (c.num_experts, c.top_k, c.expert_ffn) == (8, 2, 3072)
+    assert c.router == "softmax" and not c.router_renormalize and not c.router_bias
+    assert c.position_embedding == "rope" and c.head_dim == 64 and c.layer_norm_eps == 1e-5
+    assert c.matryoshka_dims == [768, 256]
+    assert c.query_prefix == "search_query: " and c.document_prefix == "search_document: "
+
+
+def test_dense_backbone_and_minilm() -> None:
+    assert not preset("nomic-xlm-2048").is_moe
+    m = preset("all-minilm-l6-v2")
+    assert (m.hidden_size, m.num_layers, m.num_heads, m.ffn_size, m.vocab_size) == (384, 6, 12, 1536, 30522)
+    assert m.position_embedding == "absolute" and m.layer_norm_eps == 1e-12 and m.type_vocab_size == 2
+
+
+def test_every_preset_builds_and_round_trips(tmp_path) -> None:
+    for name in preset_names():
+        c = preset(name)
+        c.save(tmp_path / f"{name}.json")
+        assert EncoderConfig.load(tmp_path / f"{name}.json") == c
+
+
+def test_fine_grained_experts() -> None:
+    c = preset("tiny-moe", num_experts=16, top_k=4, ffn_div=4)
+    assert c.expert_ffn == 32
+    assert preset("tiny-moe", expert_ffn_size=48).expert_ffn == 48
+
+
+def test_explicit_moe_layers_win() -> None:
+    assert preset("tiny-moe", moe_layers=[0, 2]).moe_layer_indices == [0, 2]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"top_k": 5, "num_experts": 4}, "top_k"),
+        ({"num_heads": 5}, "num_heads"),
+        ({"router": "hash"}, "router"),
+        ({"pooling": "max"}, "pooling"),
+        ({"position_embedding": "alibi"}, "position_embedding"),
+        ({"ffn_div": 3}, "ffn_div"),
+        ({"moe_layers": [0, 9]}, "moe_layers"),
+        ({"matryoshka_dims": [128]}, "matryoshka_dims"),
+        ({"hidden_dropout": 1.5}, "hidden_dropout"),
+        ({"router": "expert_choice", "loss_free_balancing": True}, "loss_free_balancing"),
+    ],
+)
+def test_invalid_configs_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        preset("tiny-moe", **overrides)
+
+
+def test_unknown_router_lists_allowed_values() -> None:
+    with pytest.raises(ConfigError, match="softmax, sigmoid, expert_choice"):
+        EncoderConfig(router="hash")  # type: ignore[arg-type]
+
+
+def test_unknown_preset_and_field() -> None:
+    with pytest.raises(ConfigError, match="choose one of: .*nomic-embed-text-v2-moe"):
+        preset("nomic-embed-v3")
+    with pytest.raises(ConfigError, match="hidden_dim"):
+        preset("tiny-moe", hidden_dim=12)
+    with pytest.raises(ConfigError, match="hidden_dim"):
+        EncoderConfig.from_dict({"hidden_dim": 12})
