@@ -1,0 +1,115 @@
+"""Turn the texts of one (rank's share of a) global batch into the trainer's tensor contract.
+
+Batch keys (LongTensors are padded to the longest row of *this* batch, never to the max length):
+
+* ``query_input_ids`` / ``query_attention_mask``: ``[B, Lq]``, query prefix applied, ``Lq <= max_query_length``
+* ``doc_input_ids`` / ``doc_attention_mask``: ``[B, Ld]``, document prefix applied, ``Ld <= max_document_length``
+* ``neg_input_ids`` / ``neg_attention_mask``: ``[B*n, Ln]`` only when the source has ``num_negatives = n > 0``;
+  the negatives of row ``i`` are rows ``i*n .. (i+1)*n - 1``; document prefix and length
+* ``doc_ids``: int64 ``[B]``, :func:`~lit_nomic.data.records.stable_text_hash` of the positive's text.
+  Equal ids mean the same document appears twice in the global batch: the loss must not score it as a
+  negative for the other row (``lit_nomic.objectives.infonce.false_negative_mask`` masks those logits).
+  Batches are *not* re-drawn to avoid duplicates: that would make the plan depend on text content and
+  break the pure (seed, epoch, step) -> batch mapping that exact resume relies on.
+* ``query_ids``: int64 ``[B]``, the same hash of the query text. Equal query ids flag a query that has
+  several positives in the batch (BEIR qrels with several relevant documents), whose other positives
+  are false negatives too; exposed for losses that want to mask them as well.
+* ``source`` (str), ``source_index`` (int); the stream adds ``epoch`` and ``step`` (ints).
+
+Token type ids are omitted (all zeros for every model we train).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from lit_nomic.data.mixture import SourceSpec
+from lit_nomic.data.records import TrainingPair, stable_text_hash
+from lit_nomic.paths import data_root
+
+__all__ = ["PairCollator", "load_tokenizer", "resolve_tokenizer"]
+
+
+def resolve_tokenizer(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """A local folder as given, else the same name under the data root, else the name itself (Hub id)."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    rooted = data_root(root) / os.fspath(name_or_path)
+    if rooted.exists():
+        return str(rooted)
+    return os.fspath(name_or_path)
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """Load once per process: the XLM-R tokenizer (250k pieces) takes seconds to build."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise OSError(
+            f"cannot load tokenizer {name_or_path!r}: pass a local folder (e.g. xlm_roberta_tokenizer under "
+            f"the data root) or a cached Hub id; the Hub may be unreachable (HF_HUB_OFFLINE=1)"
+        ) from exc
+
+
+class PairCollator:
+    """Tokenises the chosen texts of one batch with the source's prefixes and length limits."""
+
+    def __init__(
+        self, tokenizer: str | os.PathLike | PreTrainedTokenizerBase, root: str | os.PathLike | None = None
+    ):
+        if isinstance(tokenizer, PreTrainedTokenizerBase):
+            self.tokenizer = tokenizer
+        else:
+            self.tokenizer = load_tokenizer(resolve_tokenizer(tokenizer, root))
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(
+                f"tokenizer {self.tokenizer.name_or_path!r} has no pad token; dynamic padding needs one"
+            )
+
+    def encode(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), int64, padded to the longest text after truncation."""
+        out = self.tokenizer(
+            list(texts),
+            padding="longest",
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        return out["input_ids"].long(), out["attention_mask"].long()
+
+    def __call__(self, pairs: Sequence[TrainingPair], spec: SourceSpec, source_index: int) -> dict[str, Any]:
+        if not pairs:
+            raise ValueError(f"source {spec.name!r}: empty batch")
+        n = spec.num_negatives
+        q_ids, q_mask = self.encode([spec.query_prefix + p.query for p in pairs], spec.max_query_length)
+        d_ids, d_mask = self.encode(
+            [spec.document_prefix + p.document for p in pairs], spec.max_document_length
+        )
+        batch: dict[str, Any] = {
+            "query_input_ids": q_ids,
+            "query_attention_mask": q_mask,
+            "doc_input_ids": d_ids,
+            "doc_attention_mask": d_mask,
+        }
+        if n > 0:
+            negatives = [spec.document_prefix + neg for p in pairs for neg in p.negatives]
+            if len(negatives) != n * len(pairs):
+                raise ValueError(f"source {spec.name!r}: every row needs exactly {n} negatives")
+            batch["neg_input_ids"], batch["neg_attention_mask"] = self.encode(
+                negatives, spec.max_document_length
+            )
+        batch["doc_ids"] = torch.tensor([stable_text_hash(p.document) for p in pairs], dtype=torch.int64)
+        batch["query_ids"] = torch.tensor([stable_text_hash(p.query) for p in pairs], dtype=torch.int64)
+        batch["source"] = spec.name
+        batch["source_index"] = source_index
+        return batch

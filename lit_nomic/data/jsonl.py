@@ -1,0 +1,147 @@
+"""Pairs and triplets from JSONL / JSONL.gz shards, read by offset so texts never all sit in memory.
+
+Accepted line shapes (column names configurable)::
+
+    {"query": "...", "document": "..."}                       # a pair
+    {"query": "...", "pos": ["...", "..."], "neg": ["..."]}   # FlagEmbedding style: one pos drawn per epoch
+
+A string or a list of strings is accepted for the query and positive columns; a list means
+*alternatives*, of which each epoch uses one (drawn from the plan's seed, so resumes agree). The
+negative column is read only when ``num_negatives > 0`` and must then hold at least that many
+strings; when it holds more, each epoch draws ``num_negatives`` of them without replacement.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lit_nomic.data.records import (
+    DataFormatError,
+    OnError,
+    PairRecord,
+    SkipReport,
+    require_text_list,
+)
+from lit_nomic.data.shards import (
+    LineIndex,
+    ShardReader,
+    index_jsonl,
+    materialize_shard,
+    parse_json_line,
+    resolve_shards,
+)
+
+__all__ = [
+    "DOCUMENT_COLUMN_CANDIDATES",
+    "ColumnExtractor",
+    "IndexedJsonlPairs",
+    "JsonlPairs",
+    "RecordExtractor",
+]
+
+RecordExtractor = Callable[[dict, str], PairRecord]
+DOCUMENT_COLUMN_CANDIDATES: tuple[str, ...] = ("document", "pos")
+
+
+@dataclass(frozen=True)
+class ColumnExtractor:
+    """Maps one JSON object to a :class:`PairRecord` through configurable column names.
+
+    ``document=None`` accepts either ``document`` or ``pos`` (the two spellings in common datasets).
+    """
+
+    query: str = "query"
+    document: str | None = None
+    negatives: str = "neg"
+    num_negatives: int = 0
+
+    def __call__(self, obj: dict, where: str) -> PairRecord:
+        queries = require_text_list(obj, self.query, where)
+        doc_key = self.document
+        if doc_key is None:
+            doc_key = next((k for k in DOCUMENT_COLUMN_CANDIDATES if k in obj), None)
+            if doc_key is None:
+                raise DataFormatError(where, f"missing field 'document' (or 'pos'); keys: {sorted(obj)[:10]}")
+        positives = require_text_list(obj, doc_key, where)
+        negatives: tuple[str, ...] = ()
+        if self.num_negatives > 0:
+            negatives = require_text_list(obj, self.negatives, where, min_items=self.num_negatives)
+        return PairRecord(queries, positives, negatives)
+
+
+class IndexedJsonlPairs:
+    """Any JSONL layout with one record per line, given an extractor; indexes on construction."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str | os.PathLike,
+        extractor: RecordExtractor,
+        *,
+        root: str | os.PathLike | None = None,
+        on_error: OnError = "raise",
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.name = name
+        self.extractor = extractor
+        self.shards: list[Path] = resolve_shards(path, root)
+        read_paths = [materialize_shard(p, cache_dir) for p in self.shards]
+        self._report = SkipReport(name)
+        indexes: list[LineIndex] = [
+            index_jsonl(shard, rp, extractor, on_error, self._report)
+            for shard, rp in zip(self.shards, read_paths, strict=True)
+        ]
+        counts = np.array([len(ix) for ix in indexes], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._offsets = np.concatenate([ix.offsets for ix in indexes]) if indexes else np.zeros(0, np.int64)
+        self._lengths = np.concatenate([ix.lengths for ix in indexes]) if indexes else np.zeros(0, np.int32)
+        self._reader = ShardReader(read_paths)
+        self._report.log(len(self))
+        if len(self) == 0:
+            raise DataFormatError(
+                ", ".join(str(s) for s in self.shards[:3]),
+                f"source {name!r} has no usable records ({self._report.skipped} skipped)",
+            )
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def skip_report(self) -> SkipReport:
+        return self._report
+
+    @property
+    def skipped(self) -> int:
+        return self._report.skipped
+
+    def record(self, index: int) -> PairRecord:
+        if not 0 <= index < len(self):
+            raise IndexError(f"source {self.name!r}: row {index} out of range [0, {len(self)})")
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        offset = int(self._offsets[index])
+        raw = self._reader.read(shard, offset, int(self._lengths[index]))
+        where = f"{self.shards[shard]} @ byte {offset}"
+        return self.extractor(parse_json_line(raw, where), where)
+
+
+class JsonlPairs(IndexedJsonlPairs):
+    """Query/document(/negatives) columns from JSONL shards (a file, a folder of shards, or a glob)."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str | os.PathLike,
+        columns: ColumnExtractor | None = None,
+        *,
+        root: str | os.PathLike | None = None,
+        on_error: OnError = "raise",
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__(
+            name, path, columns or ColumnExtractor(), root=root, on_error=on_error, cache_dir=cache_dir
+        )

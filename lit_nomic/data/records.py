@@ -1,0 +1,182 @@
+"""Training records, the bad-input policy, and the stable text hash shared by every reader.
+
+A record keeps *alternatives* (several phrasings of the query, several positives) and a *pool* of hard
+negatives exactly as the file lists them; which alternative and which negatives a batch uses is decided
+later by :func:`choose`, from a seed that depends only on (seed, epoch, source, row). Keeping that choice
+out of the readers is what lets the whole training stream stay a pure function of (seed, epoch, step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+__all__ = [
+    "ON_ERROR_CHOICES",
+    "DataFormatError",
+    "OnError",
+    "PairRecord",
+    "PairSource",
+    "SkipReport",
+    "TrainingPair",
+    "choose",
+    "require_text",
+    "require_text_list",
+    "stable_text_hash",
+]
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
+
+
+class DataFormatError(ValueError):
+    """A bad line in a data file; the message always starts with ``file:line``."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One training example as stored: query alternatives, positive alternatives, negative pool."""
+
+    queries: tuple[str, ...]
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """The texts one batch row actually uses (prefixes not yet applied)."""
+
+    query: str
+    document: str
+    negatives: tuple[str, ...] = ()
+
+
+class PairSource(Protocol):
+    """What the sampler and the batch builder need from a reader: a size and random access by row."""
+
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def record(self, index: int) -> PairRecord: ...
+
+    @property
+    def skip_report(self) -> SkipReport: ...
+
+
+@dataclass
+class SkipReport:
+    """Lines a reader dropped under ``on_error: skip``: a count plus the first few reasons, never silent."""
+
+    source: str
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)
+    max_examples: int = 5
+
+    def add(self, error: DataFormatError) -> None:
+        self.skipped += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(str(error))
+
+    def log(self, kept: int) -> None:
+        """One warning line per source with skipped input, so a run's log shows what was dropped."""
+        if self.skipped:
+            log.warning(
+                "source %r: skipped %d bad record(s), kept %d; first: %s",
+                self.source,
+                self.skipped,
+                kept,
+                " | ".join(self.examples),
+            )
+
+
+def handle_bad_line(error: DataFormatError, on_error: OnError, report: SkipReport) -> None:
+    """Raise or count one bad line according to the policy."""
+    if on_error == "raise":
+        raise error
+    report.add(error)
+
+
+def require_text(obj: dict, key: str, where: str) -> str:
+    """A non-empty string field; empty or whitespace-only text is an error (it would train on nothing)."""
+    if key not in obj:
+        raise DataFormatError(where, f"missing field {key!r} (keys: {sorted(obj)[:10]})")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DataFormatError(where, f"field {key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataFormatError(where, f"field {key!r} is empty")
+    return value
+
+
+def require_text_list(obj: dict, key: str, where: str, min_items: int = 1) -> tuple[str, ...]:
+    """A string or a list of non-empty strings (alternatives / a negative pool)."""
+    if key not in obj:
+        raise DataFormatError(where, f"missing field {key!r} (keys: {sorted(obj)[:10]})")
+    value = obj[key]
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataFormatError(where, f"field {key!r} is empty")
+        value = [value]
+    if not isinstance(value, list):
+        raise DataFormatError(
+            where, f"field {key!r} must be a string or a list of strings, got {type(value).__name__}"
+        )
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise DataFormatError(where, f"field {key}[{i}] must be a string, got {type(item).__name__}")
+        if not item.strip():
+            raise DataFormatError(where, f"field {key}[{i}] is empty")
+    if len(value) < min_items:
+        raise DataFormatError(where, f"field {key!r} has {len(value)} item(s), need at least {min_items}")
+    return tuple(value)
+
+
+def stable_text_hash(text: str) -> int:
+    """A signed 64-bit id of a text, identical in every process and run (unlike ``hash``).
+
+    Equal ids mark identical positives in a global batch, which InfoNCE must not treat as negatives.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+# Stream tags keep the RNGs of the schedule, the permutations and the per-row choices independent.
+CHOICE_STREAM = 3
+
+
+def choose(
+    record: PairRecord,
+    num_negatives: int,
+    rng_for_row: Callable[[], np.random.Generator],
+) -> TrainingPair:
+    """Pick one query, one positive and ``num_negatives`` negatives.
+
+    The generator is only built when there is a real choice (most rows have one query, one positive
+    and exactly enough negatives), which keeps batch assembly cheap.
+    """
+    if num_negatives > len(record.negatives):
+        raise ValueError(f"record has {len(record.negatives)} negatives, need {num_negatives}")
+    needs_rng = len(record.queries) > 1 or len(record.positives) > 1 or len(record.negatives) > num_negatives
+    if not needs_rng:
+        return TrainingPair(record.queries[0], record.positives[0], record.negatives[:num_negatives])
+    rng = rng_for_row()
+    query = record.queries[int(rng.integers(len(record.queries)))]
+    positive = record.positives[int(rng.integers(len(record.positives)))]
+    negatives: Sequence[str] = ()
+    if num_negatives:
+        picks = rng.choice(len(record.negatives), size=num_negatives, replace=False)
+        negatives = tuple(record.negatives[int(i)] for i in picks)
+    return TrainingPair(query, positive, tuple(negatives))
