@@ -32,19 +32,23 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lit_nomic.data.mixture import SourceSpec
 from lit_nomic.data.records import TrainingPair, stable_text_hash
+from lit_nomic.model.sources import packaged_model_path
 from lit_nomic.paths import data_root
 
 __all__ = ["PairCollator", "load_tokenizer", "resolve_tokenizer"]
 
 
 def resolve_tokenizer(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
-    """A local folder as given, else the same name under the data root, else the name itself (Hub id)."""
+    """A local folder as given, else under the data root, else a packaged checkpoint, else the name (Hub id)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path)
     rooted = data_root(root) / os.fspath(name_or_path)
     if rooted.exists():
         return str(rooted)
+    packaged = packaged_model_path(os.fspath(name_or_path))
+    if packaged is not None and packaged.exists():
+        return str(packaged)
     return os.fspath(name_or_path)
 
 

@@ -1,0 +1,284 @@
+"""The ``lit-nomic`` command line.
+
+``fit``/``validate``/``test`` are LightningCLI (every hyper-parameter comes from the typed signatures
+of the LightningModule, the DataModule and their config dataclasses); the other subcommands are plain
+functions whose signatures and docstrings jsonargparse turns into parsers and ``--help`` text.
+Heavy imports happen inside each command so that ``lit-nomic --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from lit_nomic.config import PRESETS
+
+from lit_nomic.fileio import atomic_write_bytes
+
+PASSTHROUGH_COMMANDS = {
+    "bench": "benchmarks (moe, encoder, train, report, profile) printing side-by-side ratios",
+}
+
+LIGHTNING_COMMANDS = {
+    "fit": "train a model: lit-nomic fit -c experiments/quickstart.yaml",
+    "validate": "run the validation loop of a config (and checkpoint) once",
+    "test": "run the test loop of a config (and checkpoint) once",
+}
+
+
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # jsonargparse lists the choices
+
+
+def info(preset: PresetName | None = None, config: str | None = None, seq_len: int = 512) -> dict:
+    """Print total and active (per token) parameter counts and FLOPs per token as JSON.
+
+    Counts are computed on the meta device, so even the 475M-parameter preset costs no memory.
+
+    Args:
+        preset: a preset name (see ``lit_nomic.config.PRESETS``).
+        config: a ``config.json`` of a saved model (instead of a preset).
+        seq_len: sequence length used for the attention FLOPs.
+    """
+    from lit_nomic.config import EncoderConfig
+    from lit_nomic.config import preset as load_preset
+    from lit_nomic.model.params import count_parameters
+
+    if (preset is None) == (config is None):
+        raise SystemExit("lit-nomic info: give exactly one of --preset NAME or --config PATH")
+    cfg = load_preset(preset) if preset is not None else EncoderConfig.load(config)
+    counts = count_parameters(cfg, seq_len=seq_len)
+    report = {"preset": preset, "config": config, **counts}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def encode(
+    model: str,
+    input: str,
+    output: str,
+    prefix: str | None = None,
+    kind: str = "document",
+    field: str = "text",
+    batch_size: int = 64,
+    max_length: int | None = None,
+    matryoshka_dim: int | None = None,
+) -> None:
+    """Embed texts into a float32 ``.npy`` matrix (one L2-normalised row per input text, in input order).
+
+    Args:
+        model: our saved model folder, a Hugging Face / sentence-transformers folder, or a packaged name.
+        input: a ``.txt`` file (one text per line) or ``.jsonl`` file (the ``field`` of each object).
+        output: the ``.npy`` file to write (atomically).
+        prefix: text prepended to every input; default: the model's query or document prefix (see ``kind``).
+        kind: ``query`` or ``document``: which of the model's prefixes to use when ``prefix`` is not given.
+        field: the JSONL field holding the text.
+        batch_size: texts per forward pass (batches are formed after sorting by length).
+        max_length: truncate inputs to this many tokens (default: the model's limit).
+        matryoshka_dim: keep the leading dims and re-normalise.
+    """
+    import io
+
+    import numpy as np
+
+    texts = _read_texts(Path(input), field)
+    embedder = load_any_model(model)
+    if kind not in ("query", "document"):
+        raise SystemExit(f"lit-nomic encode: --kind must be query or document, got {kind!r}")
+    if prefix is None:
+        prefix = embedder.query_prefix if kind == "query" else embedder.document_prefix
+    emb = embedder.encode(
+        texts,
+        prefix=prefix,
+        batch_size=batch_size,
+        show_progress=True,
+        max_length=max_length,
+        matryoshka_dim=matryoshka_dim,
+    )
+    buf = io.BytesIO()
+    np.save(buf, emb.float().cpu().numpy())
+    atomic_write_bytes(Path(output), buf.getvalue())
+    print(f"wrote {emb.shape[0]} x {emb.shape[1]} embeddings to {output}")
+
+
+def evaluate(
+    model: str,
+    data: str,
+    split: str = "test",
+    output: str = "runs/eval",
+    matryoshka_dim: int | None = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    languages: list[str] | None = None,
+    cache_dir: str | None = ".cache/embeddings",
+    search: Literal["torch", "faiss"] = "torch",
+    data_root: str | None = None,
+    name: str | None = None,
+) -> list[dict]:
+    """Evaluate a model on retrieval (BEIR, MIRACL, XQuAD-R), STS or bitext data; print the table.
+
+    Writes one JSON per dataset, split and language into ``output`` (the input of ``lit-nomic table``).
+
+    Args:
+        model: our saved folder, a training checkpoint (.ckpt), a Hugging Face / sentence-transformers
+            folder, or a packaged name such as ``all-minilm-l6-v2``.
+        data: a dataset folder (layout auto-detected), a named suite (``scifact``, ``xquad_r``,
+            ``stsb_multi_mt``, ``tatoeba``) or a YAML listing several.
+        split: the qrels / data split.
+        output: folder for the result JSON files.
+        matryoshka_dim: truncate embeddings to this many dims and re-normalise.
+        query_prefix: override the model's query prefix.
+        document_prefix: override the model's document prefix.
+        batch_size: texts per forward pass.
+        max_length: truncate texts to this many tokens (default: the model's limit).
+        languages: restrict multilingual suites to these languages.
+        cache_dir: embedding cache keyed by model hash + dataset (None disables it).
+        search: exact search backend.
+        data_root: the data root (default ``$LIT_NOMIC_DATA``).
+        name: model name in the result files and tables (default: the model's own).
+    """
+    from lit_nomic.evaluation.run import evaluate as run_evaluation
+    from lit_nomic.evaluation.run import format_table
+
+    embedder = load_any_model(model)
+    if name:
+        embedder.name = name
+    if max_length:
+        embedder.max_seq_length = max_length
+    results = run_evaluation(
+        embedder,
+        data,
+        split=split,
+        output_dir=output,
+        matryoshka_dim=matryoshka_dim,
+        query_prefix=query_prefix,
+        document_prefix=document_prefix,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        languages=languages,
+        data_root=data_root,
+        search_backend=search,
+        show_progress=True,
+    )
+    print(format_table(results))
+    return results
+
+
+def table(
+    results: str,
+    output: str = "results",
+    stem: str = "results",
+    metric: dict[str, str] | None = None,
+    command: str | None = None,
+) -> dict[str, str]:
+    """Collect result JSONs into Markdown, CSV and LaTeX tables plus PNG charts.
+
+    Rows are models, columns datasets plus the average, best per column in bold. Every table
+    records the command that regenerates it.
+
+    Args:
+        results: folder of result JSONs written by ``lit-nomic eval`` (searched recursively).
+        output: folder for the tables and plots.
+        stem: file-name stem of the outputs.
+        metric: main metric per task type, e.g. ``{"retrieval": "ndcg@10"}`` (defaults: ndcg@10,
+            spearman, f1).
+        command: the command line recorded in the tables (default: this invocation).
+    """
+    from lit_nomic.evaluation.report import write_report
+
+    cmd = command or "lit-nomic " + " ".join(sys.argv[1:] if sys.argv[1:2] == ["table"] else ["table", results])
+    paths = write_report(results, output, command=cmd, metric=metric, stem=stem)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return {k: str(v) for k, v in paths.items()}
+
+
+def load_any_model(model: str):  # noqa: ANN201 - returns an Embedder; imported lazily
+    """An Embedder from a folder, a packaged name, a Hub id, or a Lightning checkpoint file."""
+    from lit_nomic.model.embedder import Embedder
+
+    if model.endswith(".ckpt") or Path(model, "meta.pt").exists() or Path(model, ".metadata").exists():
+        from lit_nomic.training.export import load_checkpoint_embedder
+
+        return load_checkpoint_embedder(model)
+    return Embedder.from_pretrained(model)
+
+
+def _read_texts(path: Path, field: str) -> list[str]:
+    if not path.exists():
+        raise SystemExit(f"lit-nomic encode: input file {path} does not exist")
+    if path.suffix == ".jsonl":
+        texts = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise SystemExit(f"{path}:{lineno}: malformed JSON ({err.msg})") from err
+                if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+                    raise SystemExit(f"{path}:{lineno}: missing string field {field!r}")
+                texts.append(obj[field])
+        return texts
+    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _commands() -> dict[str, tuple[Callable, str]]:
+    return {
+        "info": (info, "parameter counts (total/active) and FLOPs per token of a preset, as JSON"),
+        "encode": (encode, "embed a .txt/.jsonl file of texts into a .npy matrix"),
+        "table": (table, "collect eval result JSONs into Markdown/CSV/LaTeX tables and PNG plots"),
+        "eval": (evaluate, "evaluate a model on BEIR/MIRACL/XQuAD-R retrieval, STS or bitext; write result JSONs"),
+    }
+
+
+def _usage() -> str:
+    lines = [
+        "usage: lit-nomic COMMAND [options]   (lit-nomic COMMAND --help for each)",
+        "",
+        "Train, evaluate and benchmark sparse Mixture-of-Experts text-embedding models.",
+        "",
+        "commands:",
+    ]
+    entries = {**LIGHTNING_COMMANDS, **{k: v[1] for k, v in _commands().items()}, **PASSTHROUGH_COMMANDS}
+    width = max(map(len, entries))
+    lines += [f"  {name.ljust(width)}  {text}" for name, text in entries.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    command, rest = args[0], args[1:]
+    if command in LIGHTNING_COMMANDS:
+        from lit_nomic.training.cli import run_lightning_cli
+
+        run_lightning_cli([command, *rest])
+        return
+    if command == "bench":
+        from lit_nomic.bench.cli import main as bench_main
+
+        raise SystemExit(bench_main(rest))
+    commands = _commands()
+    if command not in commands:
+        print(f"lit-nomic: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    from jsonargparse import CLI
+
+    func = commands[command][0]
+    try:
+        CLI(func, args=rest, prog=f"lit-nomic {command}", as_positional=False)
+    except (ValueError, FileNotFoundError) as err:  # bad input: the message names the file/field
+        print(f"lit-nomic {command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":  # python -m lit_nomic.cli
+    main()

@@ -1,0 +1,210 @@
+"""Result files: one JSON per (model, dataset, split, language, Matryoshka dim).
+
+Each file carries enough provenance (model hash, prefixes, library versions, git commit, date)
+for a number in a paper table to be traced back to the exact weights and code that produced it.
+Files are written atomically and validated on load, so a table never mixes in a truncated or
+hand-edited file unnoticed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lit_nomic
+from lit_nomic.evaluation.files import atomic_write_json
+
+SCHEMA_VERSION = 1
+TASK_TYPES = ("retrieval", "sts", "bitext")
+MAIN_METRIC = {"retrieval": "ndcg@10", "sts": "spearman", "bitext": "f1"}
+# correlations live in [-1, 1]; every other metric is a rate in [0, 1]
+_SIGNED_METRICS = frozenset({"spearman", "pearson"})
+REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "model_name": str,
+    "model_hash": str,
+    "dataset": str,
+    "task_type": str,
+    "split": str,
+    "language": (str, type(None)),
+    "matryoshka_dim": (int, type(None)),
+    "main_metric": str,
+    "metrics": dict,
+    "date": str,
+}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "sentence_transformers": _version("sentence-transformers"),
+        "lit_nomic": lit_nomic.__version__,
+        "mteb": _version("mteb"),
+    }
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str | None:
+    """HEAD of the checkout holding ``path`` (default: the lit_nomic sources), ``+dirty`` if modified."""
+    where = Path(path) if path is not None else Path(lit_nomic.__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not re.fullmatch(r"[0-9a-f]{40}", head):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def validate_metrics(metrics: Mapping[str, Any], where: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where}: metric {key!r} must be a finite number, got {value!r}")
+        low = -1.0 if key in _SIGNED_METRICS else 0.0
+        if not low - 1e-9 <= value <= 1.0 + 1e-9:
+            raise ValueError(
+                f"{where}: metric {key!r}={value} outside [{low:g}, 1] (store fractions, not percentages)"
+            )
+        out[key] = float(value)
+    return out
+
+
+def build_result(
+    *,
+    model_name: str,
+    model_hash: str,
+    dataset: str,
+    task_type: str,
+    split: str,
+    language: str | None,
+    metrics: Mapping[str, float],
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
+    prefix: str | None = None,
+    matryoshka_dim: int | None = None,
+    eval_time_s: float | None = None,
+    counts: Mapping[str, int] | None = None,
+    timings: Mapping[str, float] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble (and validate) one result record; ``prefix`` is for symmetric tasks (STS/bitext)."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+    where = f"result {model_name}/{dataset}/{split}/{language}"
+    main = MAIN_METRIC[task_type]
+    checked = validate_metrics(metrics, where)
+    if main not in checked:
+        raise ValueError(f"{where}: main metric {main!r} missing from metrics {sorted(checked)}")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model_name": model_name,
+        "model_hash": model_hash,
+        "dataset": dataset,
+        "task_type": task_type,
+        "split": split,
+        "language": language,
+        "query_prefix": query_prefix,
+        "document_prefix": document_prefix,
+        "prefix": prefix,
+        "matryoshka_dim": matryoshka_dim,
+        "main_metric": main,
+        "main_score": checked[main],
+        "metrics": checked,
+        "eval_time_s": eval_time_s,
+        "counts": dict(counts or {}),
+        "timings": dict(timings or {}),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "extra": dict(extra or {}),
+    }
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("_") or "x"
+
+
+def result_path(output_dir: str | os.PathLike, result: Mapping[str, Any]) -> Path:
+    """``<out>/<model>/<dataset>/<split>[_<lang>][_d<dim>].json`` — unique per result key."""
+    parts = [_slug(result["split"])]
+    if result.get("language"):
+        parts.append(_slug(str(result["language"])))
+    if result.get("matryoshka_dim") is not None:
+        parts.append(f"d{int(result['matryoshka_dim'])}")
+    model_dir = f"{_slug(result['model_name'])}-{result['model_hash'][:12]}"
+    return Path(output_dir) / model_dir / _slug(result["dataset"]) / ("_".join(parts) + ".json")
+
+
+def write_result(output_dir: str | os.PathLike, result: Mapping[str, Any]) -> Path:
+    validate_result(result, "result to write")
+    return atomic_write_json(result_path(output_dir, result), dict(result))
+
+
+def validate_result(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    for key, typ in REQUIRED_FIELDS.items():
+        if key not in obj:
+            raise ValueError(f"{where}: missing field {key!r}")
+        if isinstance(obj[key], bool) or not isinstance(obj[key], typ):
+            raise ValueError(f"{where}: field {key!r} has type {type(obj[key]).__name__}")
+    if obj["schema_version"] > SCHEMA_VERSION:
+        raise ValueError(
+            f"{where}: schema_version {obj['schema_version']} is newer than supported {SCHEMA_VERSION}"
+        )
+    if obj["task_type"] not in TASK_TYPES:
+        raise ValueError(f"{where}: field 'task_type' must be one of {TASK_TYPES}, got {obj['task_type']!r}")
+    validate_metrics(obj["metrics"], where)
+    if obj["main_metric"] not in obj["metrics"]:
+        raise ValueError(f"{where}: main_metric {obj['main_metric']!r} not in metrics")
+    return obj
+
+
+def load_result(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    result = validate_result(obj, str(p))
+    result["_path"] = str(p)
+    return result
+
+
+def load_results(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every result JSON below ``folder`` (recursively), in path order; tmp/hidden files skipped."""
+    base = Path(folder)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base}: results folder does not exist")
+    paths = sorted(p for p in base.rglob("*.json") if not p.name.startswith("."))
+    return [load_result(p) for p in paths]

@@ -1,0 +1,238 @@
+"""The single entry point the CLI (``lit-nomic eval``) and training callbacks call.
+
+``evaluate`` resolves the data argument, runs every task with one shared embedding cache, writes
+one result JSON per (dataset, split, language, dim) and returns the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from lit_nomic.evaluation.beir import load_beir
+from lit_nomic.evaluation.bitext import evaluate_bitext, load_tatoeba, tatoeba_languages
+from lit_nomic.evaluation.cache import EmbeddingCache
+from lit_nomic.evaluation.miracl import is_miracl_language_folder, load_miracl, miracl_languages
+from lit_nomic.evaluation.protocol import TextEncoder, encoder_fingerprint, task_prefix
+from lit_nomic.evaluation.results import build_result, write_result
+from lit_nomic.evaluation.retrieval import SearchBackend, SearchConfig, evaluate_retrieval
+from lit_nomic.evaluation.retrieval_data import RetrievalDataset, subsample
+from lit_nomic.evaluation.sts import evaluate_sts, load_stsb_multi_mt, stsb_languages
+from lit_nomic.evaluation.suites import TaskSpec, resolve_data
+from lit_nomic.evaluation.xquad_r import xquad_r_tasks
+
+log = logging.getLogger(__name__)
+
+
+def _pick_languages(spec: TaskSpec, available: Sequence[str]) -> list[str]:
+    if spec.languages is None:
+        return list(available)
+    missing = [lang for lang in spec.languages if lang not in available]
+    if missing:
+        raise ValueError(
+            f"{spec.name}: languages {missing} not available under {spec.path}; available: {list(available)}"
+        )
+    return list(spec.languages)
+
+
+def _retrieval_datasets(spec: TaskSpec) -> list[RetrievalDataset]:
+    opts = dict(spec.options)
+    if spec.kind == "beir":
+        datasets = [
+            load_beir(
+                spec.path, spec.split, name=spec.name, ignore_identical_ids=opts.get("ignore_identical_ids")
+            )
+        ]
+    elif spec.kind == "miracl":
+        if is_miracl_language_folder(spec.path):
+            datasets = [load_miracl(spec.path, spec.split)]
+        else:
+            langs = _pick_languages(spec, miracl_languages(spec.path))
+            datasets = [load_miracl(spec.path / lang, spec.split) for lang in langs]
+    elif spec.kind == "xquad_r":
+        return xquad_r_tasks(
+            spec.path,
+            spec.languages,
+            monolingual=bool(opts.get("monolingual", True)),
+            cross_lingual_target=opts.get("cross_lingual_target", "en"),
+            granularity=opts.get("granularity", "paragraph"),
+        )
+    else:  # pragma: no cover - callers dispatch on kind
+        raise AssertionError(spec.kind)
+    if "max_docs" in opts:
+        datasets = [
+            subsample(d, int(opts["max_docs"]), max_queries=opts.get("max_queries"), seed=0) for d in datasets
+        ]
+    return datasets
+
+
+def evaluate(
+    encoder: TextEncoder,
+    data: str | os.PathLike,
+    split: str = "test",
+    output_dir: str | os.PathLike = "runs/eval",
+    matryoshka_dim: int | None = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    languages: list[str] | None = None,
+    *,
+    data_root: str | os.PathLike | None = None,
+    search_backend: SearchBackend = "torch",
+    top_k: int = 1000,
+    show_progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Evaluate ``encoder`` on ``data`` and write one JSON per result under ``output_dir``.
+
+    ``data`` is a named suite (``scifact``, ``xquad_r``, ``stsb_multi_mt``, ``tatoeba``), a dataset
+    folder whose layout is auto-detected (BEIR, MIRACL, XQuAD-R, STS, Tatoeba) or a YAML file
+    listing several. Prefixes default to the encoder's; STS and bitext use ``encoder.prompts``
+    (mteb-style, e.g. ``{"STS": "classification: "}``) or no prefix.
+    """
+    specs = resolve_data(data, split, languages, data_root)
+    cache = EmbeddingCache(cache_dir)
+    model_hash = encoder_fingerprint(encoder)
+    q_prefix = encoder.query_prefix if query_prefix is None else query_prefix
+    d_prefix = encoder.document_prefix if document_prefix is None else document_prefix
+    search_config = SearchConfig(top_k=top_k, backend=search_backend)
+    results: list[dict[str, Any]] = []
+
+    def emit(result: dict[str, Any]) -> None:
+        path = write_result(output_dir, result)
+        log.info(
+            "%s %s/%s %s = %.4f -> %s",
+            result["model_name"],
+            result["dataset"],
+            result["language"],
+            result["main_metric"],
+            result["main_score"],
+            path,
+        )
+        results.append({**result, "_path": str(path)})
+
+    for spec in specs:
+        if spec.kind in ("beir", "miracl", "xquad_r"):
+            for ds in _retrieval_datasets(spec):
+                t0 = time.perf_counter()
+                out = evaluate_retrieval(
+                    encoder,
+                    ds,
+                    query_prefix=q_prefix,
+                    document_prefix=d_prefix,
+                    batch_size=batch_size,
+                    matryoshka_dim=matryoshka_dim,
+                    search_config=search_config,
+                    cache=cache,
+                    model_hash=model_hash,
+                    show_progress=show_progress,
+                )
+                emit(
+                    build_result(
+                        model_name=encoder.name,
+                        model_hash=model_hash,
+                        dataset=ds.name,
+                        task_type="retrieval",
+                        split=ds.split,
+                        language=ds.language,
+                        metrics=out.metrics,
+                        query_prefix=q_prefix,
+                        document_prefix=d_prefix,
+                        matryoshka_dim=matryoshka_dim,
+                        eval_time_s=time.perf_counter() - t0,
+                        counts=out.counts,
+                        timings=out.timings,
+                        extra={"source": ds.source or str(spec.path), **ds.extra},
+                    )
+                )
+        elif spec.kind == "sts":
+            prefix = task_prefix(encoder, "STS")
+            for lang in _pick_languages(spec, stsb_languages(spec.path, spec.split)):
+                t0 = time.perf_counter()
+                pairs = load_stsb_multi_mt(spec.path, lang, spec.split)
+                metrics, counts, timings = evaluate_sts(
+                    encoder,
+                    pairs,
+                    prefix=prefix,
+                    batch_size=batch_size,
+                    matryoshka_dim=matryoshka_dim,
+                    cache=cache,
+                    model_hash=model_hash,
+                )
+                emit(
+                    build_result(
+                        model_name=encoder.name,
+                        model_hash=model_hash,
+                        dataset=pairs.name,
+                        task_type="sts",
+                        split=spec.split,
+                        language=lang,
+                        metrics=metrics,
+                        prefix=prefix,
+                        matryoshka_dim=matryoshka_dim,
+                        eval_time_s=time.perf_counter() - t0,
+                        counts=counts,
+                        timings=timings,
+                        extra={"source": pairs.source},
+                    )
+                )
+        elif spec.kind == "bitext":
+            prefix = task_prefix(encoder, "BitextMining")
+            for lang in _pick_languages(spec, tatoeba_languages(spec.path)):
+                t0 = time.perf_counter()
+                pairs = load_tatoeba(spec.path, lang)
+                metrics, counts, timings = evaluate_bitext(
+                    encoder,
+                    pairs,
+                    prefix=prefix,
+                    batch_size=batch_size,
+                    matryoshka_dim=matryoshka_dim,
+                    cache=cache,
+                    model_hash=model_hash,
+                )
+                emit(
+                    build_result(
+                        model_name=encoder.name,
+                        model_hash=model_hash,
+                        dataset=pairs.name,
+                        task_type="bitext",
+                        split="test",
+                        language=pairs.pair,
+                        metrics=metrics,
+                        prefix=prefix,
+                        matryoshka_dim=matryoshka_dim,
+                        eval_time_s=time.perf_counter() - t0,
+                        counts=counts,
+                        timings=timings,
+                        extra={"source": pairs.path, "direction": f"{lang}->eng"},
+                    )
+                )
+    log.info("embedding cache: %d hits, %d misses", cache.hits, cache.misses)
+    return results
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown summary for the terminal: one line per result plus per-dataset language averages."""
+    header = "| model | dataset | language | split | dim | metric | score |\n|---|---|---|---|---:|---|---:|"
+    lines = [header]
+    groups: dict[tuple[str, str, str, str], list[float]] = {}
+    for r in results:
+        dim = "" if r.get("matryoshka_dim") is None else str(r["matryoshka_dim"])
+        lines.append(
+            f"| {r['model_name']} | {r['dataset']} | {r.get('language') or '–'} | {r['split']} | {dim} | "
+            f"{r['main_metric']} | {100 * r['main_score']:.2f} |"
+        )
+        if r.get("language"):
+            groups.setdefault((r["model_name"], r["dataset"], dim, r["main_metric"]), []).append(
+                r["main_score"]
+            )
+    for (model, dataset, dim, metric), scores in groups.items():
+        if len(scores) > 1:
+            lines.append(
+                f"| {model} | {dataset} | **avg ({len(scores)})** | | {dim} | {metric} | "
+                f"**{100 * sum(scores) / len(scores):.2f}** |"
+            )
+    return "\n".join(lines) + "\n"
