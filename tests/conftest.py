@@ -10,6 +10,10 @@ import torch
 
 from lit_nomic.paths import data_root
 
+# One intra-op thread: tests use tiny shapes where threading costs more than it gives, several tests
+# run two processes on the 2 CI cores, and results do not depend on the thread count.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
