@@ -1,0 +1,315 @@
+"""Callbacks: export a ``from_pretrained`` folder, and retrieval evaluation during/after training.
+
+Both need the *unsharded* model. Under FSDP2 the full state dict is gathered collectively on every
+rank, then rank 0 alone loads it into a plain copy and works on that while the others wait at a
+barrier; single-process and DDP runs use the live module directly (on rank 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_nomic.evaluation.beir import load_beir
+from lit_nomic.evaluation.results import build_result, write_result
+from lit_nomic.evaluation.retrieval import evaluate_retrieval
+from lit_nomic.evaluation.retrieval_data import RetrievalDataset
+from lit_nomic.evaluation.run import evaluate, format_table
+from lit_nomic.evaluation.suites import TaskSpec, resolve_data
+from lit_nomic.fileio import atomic_write_text
+from lit_nomic.model.embedder import Embedder
+from lit_nomic.model.encoder import Encoder
+from lit_nomic.training.parallel import full_state_dict, is_sharded
+
+log = logging.getLogger(__name__)
+
+# Logged to the experiment logger as eval/<dataset>/<metric>.
+LOGGED_METRICS = ("ndcg@10", "recall@100")
+
+
+def unsharded_embedder(pl_module: Any) -> Embedder | None:
+    """A plain (unsharded) embedder on rank 0, None elsewhere. Collective under FSDP2: call on every rank."""
+    embedder: Embedder = pl_module.embedder
+    if not is_sharded(embedder):
+        return embedder if pl_module.global_rank == 0 else None
+    state = full_state_dict(embedder)
+    if pl_module.global_rank != 0:
+        return None
+    encoder = Encoder(embedder.encoder.config)
+    prefix = "encoder."
+    encoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    plain = Embedder(encoder, embedder.tokenizer, embedder.name, embedder.max_seq_length)
+    return plain.to(pl_module.device)
+
+
+def _barrier(trainer: L.Trainer) -> None:
+    if trainer.world_size > 1:
+        trainer.strategy.barrier()
+
+
+class ExportModel(L.Callback):
+    """Write a ``from_pretrained`` folder (config.json, model.safetensors, tokenizer) at the end of fit."""
+
+    def __init__(self, dirpath: str = "export") -> None:
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        embedder = unsharded_embedder(pl_module)
+        if embedder is not None:
+            target = embedder.save_pretrained(Path(self.dirpath))
+            rank_zero_info(f"exported model to {target}")
+        _barrier(trainer)
+
+
+def probe_subset(
+    dataset: RetrievalDataset, max_queries: int | None = None, max_corpus: int | None = None
+) -> RetrievalDataset:
+    """A NanoBEIR-style probe: the first ``max_queries`` judged queries (file order), and a corpus of
+    their relevant documents followed by the first other documents (file order) up to ``max_corpus``.
+
+    Deterministic and cheap, so scores are comparable between the steps of one run; they are not
+    comparable with full-corpus numbers, hence the ``-probe`` name. No limits returns ``dataset``.
+    """
+    if max_queries is None and max_corpus is None:
+        return dataset
+    if max_queries is not None and max_queries < 1:
+        raise ValueError(f"max_queries must be >= 1, got {max_queries}")
+    if max_corpus is not None and max_corpus < 1:
+        raise ValueError(f"max_corpus must be >= 1, got {max_corpus}")
+    qids = dataset.query_ids[:max_queries] if max_queries is not None else dataset.query_ids
+    relevant: dict[str, None] = {}
+    for q in qids:
+        for doc_id, rel in dataset.qrels[q].items():
+            if rel > 0 and doc_id in dataset.corpus:
+                relevant.setdefault(doc_id, None)
+    limit = max_corpus if max_corpus is not None else len(dataset.corpus)
+    if len(relevant) > limit:
+        raise ValueError(
+            f"{dataset.name}/{dataset.split}: the first {len(qids)} queries have {len(relevant)} relevant "
+            f"documents, more than max_corpus={limit}; lower max_queries or raise max_corpus"
+        )
+    keep = dict(relevant)
+    for doc_id in dataset.corpus:
+        if len(keep) >= limit:
+            break
+        keep.setdefault(doc_id, None)
+    corpus = {d: dataset.corpus[d] for d in keep}
+    return RetrievalDataset(
+        name=f"{dataset.name}-probe",
+        split=dataset.split,
+        corpus=corpus,
+        queries={q: dataset.queries[q] for q in qids},
+        qrels={q: dict(dataset.qrels[q]) for q in qids},
+        language=dataset.language,
+        ignore_identical_ids=dataset.ignore_identical_ids,
+        source=dataset.source,
+        extra={**dataset.extra, "probe": f"max_queries={max_queries},max_corpus={max_corpus}"},
+    )
+
+
+class RetrievalEval(L.Callback):
+    """nDCG@10 (and the rest) on a BEIR-format set every ``every_n_steps`` steps and/or at fit end.
+
+    Like NanoBEIR, ``max_queries``/``max_corpus`` make a cheap in-training probe (:func:`probe_subset`).
+    At fit end the same set (the full one unless limited) is evaluated once more and written to
+    ``output_dir``: one result JSON per dataset/split (the evaluation package's schema) and a Markdown
+    table. Without limits the fit-end evaluation goes through :func:`lit_nomic.evaluation.evaluate`,
+    so ``data`` may then be any suite it accepts; probes need a BEIR folder.
+
+    Args:
+        data: a named suite (``scifact``) or a dataset folder, as given or under the data root.
+        split: the qrels split to score.
+        every_n_steps: probe every n optimiser steps (0 = never).
+        at_fit_end: evaluate once more when fit ends, and write the results.
+        max_queries: keep the first n judged queries.
+        max_corpus: keep the relevant documents plus the first others up to this many.
+        batch_size: texts per forward pass while encoding.
+        output_dir: where fit-end results go (nothing is written when None).
+        data_root: the data root (default ``$LIT_NOMIC_DATA`` or ``../shared/data``).
+    """
+
+    def __init__(
+        self,
+        data: str = "beir/scifact",
+        split: str = "test",
+        every_n_steps: int = 0,
+        at_fit_end: bool = True,
+        max_queries: int | None = None,
+        max_corpus: int | None = None,
+        batch_size: int = 64,
+        output_dir: str | None = None,
+        data_root: str | None = None,
+    ) -> None:
+        if every_n_steps < 0:
+            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.data = data
+        self.split = split
+        self.every_n_steps = every_n_steps
+        self.at_fit_end = at_fit_end
+        self.max_queries = max_queries
+        self.max_corpus = max_corpus
+        self.batch_size = batch_size
+        self.output_dir = output_dir
+        self.data_root = data_root
+        self.last_metrics: dict[str, float] = {}
+        self.last_results: list[dict[str, Any]] = []
+        self._spec: TaskSpec | None = None
+        self._dataset: RetrievalDataset | None = None
+        self._last_probe_step = -1
+
+    @property
+    def limited(self) -> bool:
+        return self.max_queries is not None or self.max_corpus is not None
+
+    # ------------------------------------------------------------------ data
+    def _resolve(self) -> TaskSpec:
+        if self._spec is None:
+            specs = resolve_data(self.data, self.split, None, self.data_root)
+            if len(specs) != 1:
+                raise ValueError(f"RetrievalEval(data={self.data!r}) names {len(specs)} datasets; give one")
+            self._spec = specs[0]
+        return self._spec
+
+    def dataset(self) -> RetrievalDataset:
+        """The (probe subset of the) BEIR split, loaded once."""
+        if self._dataset is None:
+            spec = self._resolve()
+            if spec.kind != "beir":
+                raise ValueError(
+                    f"RetrievalEval(data={self.data!r}) is a {spec.kind} dataset; in-training probes "
+                    "(every_n_steps, max_queries, max_corpus) need a BEIR folder"
+                )
+            full = load_beir(spec.path, spec.split, name=spec.name)
+            self._dataset = probe_subset(full, self.max_queries, self.max_corpus)
+        return self._dataset
+
+    @property
+    def name(self) -> str:
+        return self._resolve().name
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Fail before the first step, not after hours of training, when the data is missing or malformed.
+        if stage == "fit" and trainer.global_rank == 0:
+            if self.every_n_steps > 0 or self.limited:
+                self.dataset()
+            else:
+                self._resolve()
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        # With gradient accumulation several micro-batches end at the same optimiser step: probe once.
+        if (
+            self.every_n_steps > 0
+            and step > 0
+            and step % self.every_n_steps == 0
+            and step != self._last_probe_step
+        ):
+            self._last_probe_step = step
+            self._run(trainer, pl_module, final=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_fit_end:
+            self._run(trainer, pl_module, final=True)
+
+    # ------------------------------------------------------------------ evaluation
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, final: bool) -> None:
+        clock = getattr(pl_module, "throughput_clock", None)
+        if clock is not None:
+            clock.pause()
+        try:
+            embedder = unsharded_embedder(pl_module)
+            if embedder is not None:
+                self._evaluate_rank_zero(trainer, embedder, final)
+            _barrier(trainer)
+        finally:
+            if clock is not None:
+                clock.resume()
+
+    def _evaluate_rank_zero(self, trainer: L.Trainer, embedder: Embedder, final: bool) -> None:
+        start = time.perf_counter()
+        was_training = embedder.training
+        try:
+            write = final and self.output_dir is not None
+            if write and not self.limited:
+                results = evaluate(
+                    embedder,
+                    self.data,
+                    split=self.split,
+                    output_dir=self.output_dir,  # type: ignore[arg-type]
+                    batch_size=self.batch_size,
+                    data_root=self.data_root,
+                )
+            else:
+                results = [self._probe(embedder, trainer.global_step)]
+                if write:
+                    path = write_result(self.output_dir, results[0])  # type: ignore[arg-type]
+                    results[0] = {**results[0], "_path": str(path)}
+        finally:
+            embedder.train(was_training)
+        self.last_results = results
+        metrics: dict[str, float] = {}
+        for result in results:
+            key = self.name if len(results) == 1 else _result_label(result)
+            for metric in LOGGED_METRICS:
+                if metric in result["metrics"]:
+                    metrics[f"eval/{key}/{metric}"] = float(result["metrics"][metric])
+        self.last_metrics = metrics
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if final and self.output_dir is not None:
+            self._write_table(results, trainer.global_step)
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        rank_zero_info(
+            f"[{self.data} {self.split}] step {trainer.global_step}: {summary} ({time.perf_counter() - start:.1f}s)"
+        )
+
+    def _probe(self, embedder: Embedder, step: int) -> dict[str, Any]:
+        dataset = self.dataset()
+        start = time.perf_counter()
+        out = evaluate_retrieval(embedder, dataset, batch_size=self.batch_size)
+        return build_result(
+            model_name=embedder.name,
+            model_hash=embedder.model_hash,
+            dataset=dataset.name,
+            task_type="retrieval",
+            split=dataset.split,
+            language=dataset.language,
+            metrics=out.metrics,
+            query_prefix=embedder.query_prefix,
+            document_prefix=embedder.document_prefix,
+            eval_time_s=time.perf_counter() - start,
+            counts=out.counts,
+            timings=out.timings,
+            extra={"source": dataset.source, "global_step": step, **dataset.extra},
+        )
+
+    def _write_table(self, results: list[dict[str, Any]], step: int) -> Path:
+        title = f"# {self.data} ({self.split}) after {step} training steps\n\n"
+        detail = [
+            "",
+            "| dataset | " + " | ".join(LOGGED_METRICS) + " |",
+            "|---|" + "---:|" * len(LOGGED_METRICS),
+        ]
+        for r in results:
+            cells = [f"{100 * r['metrics'][m]:.2f}" if m in r["metrics"] else "–" for m in LOGGED_METRICS]
+            detail.append(f"| {_result_label(r)} | " + " | ".join(cells) + " |")
+        text = title + format_table(results) + "\n".join(detail) + "\n"
+        path = Path(self.output_dir) / f"{_slug(self.name)}-{_slug(self.split)}.md"  # type: ignore[arg-type]
+        return atomic_write_text(path, text)
+
+
+def _result_label(result: dict[str, Any]) -> str:
+    language = result.get("language")
+    return f"{result['dataset']}-{language}" if language else str(result["dataset"])
+
+
+def _slug(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in value) or "x"

@@ -1,0 +1,362 @@
+"""The LightningModule: a bi-encoder trained with InfoNCE (+ Matryoshka) and MoE regularisation.
+
+It owns the embedder and the loss, and knows nothing of how it is parallelised beyond one hook:
+``configure_model`` hands the encoder's blocks to ``parallel.apply_fsdp2`` when Lightning's
+``ModelParallelStrategy`` gives us a device mesh (FSDP2), and otherwise leaves the model alone
+(single process or DDP). Every forward goes through ``self.embedder(...)`` (never ``encoder``
+directly) because the FSDP2 root is the embedder and only its ``forward`` unshards the root parameters.
+
+Loss of one step (every term is logged under ``train/``)::
+
+    loss = infonce + aux_loss_coef * aux_loss + z_loss_coef * z_loss
+
+``infonce`` is the (Matryoshka-weighted) contrastive loss over the global batch; ``aux_loss`` and
+``z_loss`` are the unweighted router regularisers, summed over the query/document/negative passes and
+averaged over MoE layers (:func:`lit_nomic.objectives.moe_regularisation`), computed per rank on local tokens.
+
+Exact resume: the data position and the loss-free router biases (a persistent buffer) travel in the
+checkpoint; random draws inside a step are reseeded per micro-batch (:mod:`.seeding`), so a resumed
+run repeats the uninterrupted run's dropout masks and router jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lit_nomic.data.mixture import SourceSpec
+from lit_nomic.model.build import ModelSpec, build_embedder
+from lit_nomic.model.encoder import Encoder, EncoderOutput
+from lit_nomic.objectives.infonce import InfoNCELoss
+from lit_nomic.objectives.matryoshka import MatryoshkaLoss
+from lit_nomic.objectives.moe_balance import moe_regularisation
+from lit_nomic.training.expert_stats import expert_load_metrics
+from lit_nomic.training.optim import OptimConfig, build_optimizer
+from lit_nomic.training.parallel import all_reduce_gradients, clip_grad_norm
+from lit_nomic.training.seeding import global_seed, seed_step
+from lit_nomic.training.throughput import ThroughputClock, batch_token_count
+
+log = logging.getLogger(__name__)
+
+# Key of our own metadata in Lightning checkpoints (architecture, tokenizer, seed): enough to export
+# a model without the weights or the Hub checkpoint the run started from.
+CHECKPOINT_KEY = "lit_nomic"
+
+
+@dataclass
+class LossConfig:
+    """Contrastive objective (the YAML ``model.loss`` block).
+
+    ``temperature`` 0.02 (logit scale 50) is Nomic Embed v2's fixed value. ``matryoshka_dims`` empty
+    means a single loss on the full embedding.
+    """
+
+    temperature: float = 0.02
+    learn_temperature: bool = False
+    symmetric: bool = False
+    gather_across_ranks: bool = True
+    mask_false_negatives: bool = True
+    matryoshka_dims: list[int] = field(default_factory=list)
+    matryoshka_weights: list[float] | None = None
+
+
+@dataclass
+class ParallelConfig:
+    """How ``configure_model`` shards the model under ``ModelParallelStrategy`` (FSDP2)."""
+
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"
+    reshard_after_forward: bool = True
+
+
+class StepOutput(NamedTuple):
+    """Everything one contrastive step computes; ``loss`` is what is backpropagated."""
+
+    loss: Tensor
+    infonce: Tensor
+    aux_loss: Tensor  # unweighted, detached
+    z_loss: Tensor  # unweighted, detached
+    accuracy: Tensor
+    logit_scale: Tensor
+    per_dim_loss: dict[int, Tensor]  # Matryoshka prefix -> unweighted loss (empty without Matryoshka)
+    passes: list[EncoderOutput]
+
+
+# Checkpoints pickle these configs in ``hyper_parameters``; Lightning loads checkpoints with torch's
+# ``weights_only=True`` unpickler, which refuses any class not allow-listed (resume would fail).
+torch.serialization.add_safe_globals([ModelSpec, LossConfig, OptimConfig, ParallelConfig, SourceSpec])
+
+
+class ContrastiveModule(L.LightningModule):
+    """Bi-encoder contrastive training of a dense or MoE embedding model.
+
+    Args:
+        model: which architecture and which initial weights (preset, import, upcycling).
+        loss: the InfoNCE / Matryoshka objective.
+        optim: AdamW and the learning-rate schedule.
+        activation_checkpointing: recompute each block in backward (memory for compute).
+        parallel: FSDP2 settings, used only under ``ModelParallelStrategy``.
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec | None = None,
+        loss: LossConfig | None = None,
+        optim: OptimConfig | None = None,
+        activation_checkpointing: bool = False,
+        parallel: ParallelConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if model is None:
+            raise ValueError("ContrastiveModule needs model=ModelSpec(preset=... and/or init_from=...)")
+        self.model_spec = model
+        self.loss_config = loss or LossConfig()
+        self.optim_config = optim or OptimConfig()
+        self.parallel_config = parallel or ParallelConfig()
+        self.activation_checkpointing = activation_checkpointing
+        self.save_hyperparameters()
+
+        self.embedder = build_embedder(self.model_spec)
+        self.encoder.gradient_checkpointing = activation_checkpointing
+        cfg = self.loss_config
+        infonce = InfoNCELoss(
+            temperature=cfg.temperature,
+            learn_temperature=cfg.learn_temperature,
+            symmetric=cfg.symmetric,
+            gather_across_ranks=cfg.gather_across_ranks,
+        )
+        self.loss_fn: nn.Module = (
+            MatryoshkaLoss(infonce, cfg.matryoshka_dims, cfg.matryoshka_weights)
+            if cfg.matryoshka_dims
+            else infonce
+        )
+        self._infonce = infonce
+        self.throughput_clock = ThroughputClock()
+        self._seed: int | None = None
+        self._replicated_params: list[nn.Parameter] = []  # unsharded params under FSDP2 (all-reduced by hand)
+        self._fsdp_applied = False
+
+    @property
+    def encoder(self) -> Encoder:
+        # A property, not a second registration: the weights live once, under ``embedder.encoder``.
+        return self.embedder.encoder
+
+    # ------------------------------------------------------------------ parallelism
+    def configure_model(self) -> None:
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or self._fsdp_applied:
+            return
+        from lit_nomic.training.parallel import apply_fsdp2
+
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() > 1:
+            raise NotImplementedError(
+                "tensor parallelism is not implemented for the encoder; use "
+                "ModelParallelStrategy(data_parallel_size=<world size>, tensor_parallel_size=1)"
+            )
+        dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
+        self._infonce.group = dp_mesh.get_group()
+        pc = self.parallel_config
+        apply_fsdp2(
+            self.embedder,
+            self.encoder.blocks,
+            dp_mesh,
+            param_dtype=getattr(torch, pc.param_dtype),
+            reduce_dtype=getattr(torch, pc.reduce_dtype),
+            reshard_after_forward=pc.reshard_after_forward,
+        )
+        # The learned temperature is a 0-d parameter, which FSDP2 cannot shard: keep it replicated.
+        self._replicated_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
+        self._fsdp_applied = True
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._replicated_params:
+            all_reduce_gradients(self._replicated_params, self._infonce.group)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Under FSDP2 one global norm over sharded (DTensor) and replicated (temperature) gradients;
+        # torch's clip_grad_norm_ cannot mix the two.
+        if self._fsdp_applied and gradient_clip_val:
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(
+                    f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not supported under FSDP2; use 'norm'"
+                )
+            clip_grad_norm(self.parameters(), gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # ------------------------------------------------------------------ the step
+    def compute_losses(self, batch: dict[str, Any]) -> StepOutput:
+        """Encode queries, documents (and hard negatives), then the contrastive loss plus MoE regularisers."""
+        q = self.embedder(batch["query_input_ids"], batch["query_attention_mask"])
+        d = self.embedder(batch["doc_input_ids"], batch["doc_attention_mask"])
+        passes = [q, d]
+        negatives = None
+        if "neg_input_ids" in batch:
+            n = self.embedder(batch["neg_input_ids"], batch["neg_attention_mask"])
+            passes.append(n)
+            negatives = n.embeddings
+        doc_ids = batch.get("doc_ids") if self.loss_config.mask_false_negatives else None
+        out = self.loss_fn(q.embeddings, d.embeddings, negatives, doc_ids)
+        config = self.encoder.config
+        reg = moe_regularisation(
+            [[p.aux_loss] for p in passes],
+            [[p.z_loss] for p in passes],
+            aux_coef=config.aux_loss_coef,
+            z_coef=config.z_loss_coef,
+        )
+        per_dim = getattr(out, "per_dim_loss", None) or {}
+        return StepOutput(
+            loss=out.loss + reg.total,
+            infonce=out.loss,
+            aux_loss=reg.aux,
+            z_loss=reg.z,
+            accuracy=out.accuracy,
+            logit_scale=out.logit_scale,
+            per_dim_loss=dict(per_dim),
+            passes=passes,
+        )
+
+    def _log_step(self, step: StepOutput, batch: dict[str, Any], stage: str) -> None:
+        bs = int(batch["query_input_ids"].shape[0])
+        opts: dict[str, Any] = dict(batch_size=bs, sync_dist=stage != "train")
+        source = str(batch.get("source", "all"))
+        self.log(f"{stage}/loss", step.loss.detach(), prog_bar=True, **opts)
+        self.log(f"{stage}/infonce", step.infonce.detach(), **opts)
+        self.log(f"{stage}/accuracy", step.accuracy, **opts)
+        self.log(f"{stage}/accuracy/{source}", step.accuracy, **opts)
+        for dim, value in step.per_dim_loss.items():
+            self.log(f"{stage}/infonce_dim{dim}", value, **opts)
+        config = self.encoder.config
+        if config.is_moe:
+            self.log(f"{stage}/aux_loss", step.aux_loss, **opts)
+            self.log(f"{stage}/z_loss", step.z_loss, **opts)
+        if stage != "train":
+            return
+        self.log("train/logit_scale", step.logit_scale, batch_size=bs)
+        self.log("train/temperature", 1.0 / step.logit_scale, batch_size=bs)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", float(self.trainer.optimizers[0].param_groups[0]["lr"]), batch_size=bs)
+        if config.is_moe and self._is_logging_step():
+            metrics = expert_load_metrics(step.passes, config.moe_layer_indices)
+            cvs = [v for k, v in metrics.items() if k.endswith("/load_cv")]
+            metrics["load_cv_max"] = max(cvs)
+            for name, value in metrics.items():
+                self.log(f"moe/{name}", value, batch_size=bs)
+
+    def _is_logging_step(self) -> bool:
+        # Dozens of per-expert scalars per step: only build them when the logger will write them.
+        if self._trainer is None:
+            return True
+        every = max(int(self.trainer.log_every_n_steps), 1)
+        return self.global_step % every == 0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        step = self.compute_losses(batch)
+        self._log_step(step, batch, "train")
+        # Extra keys reach callbacks (on_train_batch_end ``outputs``) detached.
+        return {
+            "loss": step.loss,
+            "infonce": step.infonce.detach(),
+            "aux_loss": step.aux_loss,
+            "z_loss": step.z_loss,
+        }
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        step = self.compute_losses(batch)
+        self._log_step(step, batch, "val")
+        return step.loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        step = self.compute_losses(batch)
+        self._log_step(step, batch, "test")
+        return step.loss
+
+    # ------------------------------------------------------------------ seeding and throughput
+    def setup(self, stage: str) -> None:
+        if self._seed is None:
+            self._seed = global_seed()
+
+    def on_train_start(self) -> None:
+        self.throughput_clock.reset()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed = self._seed if self._seed is not None else global_seed()
+        seed_step(seed, self.current_epoch, batch_idx, self.global_rank)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        tokens = batch_token_count(batch)
+        samples = int(batch["query_input_ids"].shape[0])
+        rates = self.throughput_clock.tick(tokens, samples)
+        if rates is not None:
+            # Summed over ranks: the job's throughput, not one rank's.
+            sync = self.trainer.world_size > 1
+            self.log("train/tokens_per_s", rates.tokens_per_s, prog_bar=True, sync_dist=sync, reduce_fx="sum")
+            self.log("train/samples_per_s", rates.samples_per_s, sync_dist=sync, reduce_fx="sum")
+
+    def on_validation_start(self) -> None:
+        self.throughput_clock.pause()
+
+    def on_validation_end(self) -> None:
+        self.throughput_clock.resume()
+
+    # ------------------------------------------------------------------ optimisation
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Loss-free balancing moves its selection biases once per optimiser step, from the loads
+        # accumulated over all micro-batches since the last step (all-reduced across ranks).
+        self.encoder.update_loss_free_biases()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        total = self.optim_config.total_steps or _total_steps(self.trainer)
+        opt, sched = build_optimizer(list(self.named_parameters()), self.optim_config, total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def export_metadata(self) -> dict[str, Any]:
+        """Architecture, tokenizer and naming of the embedder: what ``export_checkpoint`` rebuilds from."""
+        tokenizer = self.embedder.tokenizer
+        return {
+            "encoder_config": self.encoder.config.to_dict(),
+            "name": self.embedder.name,
+            "max_seq_length": self.embedder.max_seq_length,
+            "tokenizer": getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None,
+            "seed": self._seed if self._seed is not None else global_seed(),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.export_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY) or {}
+        saved = meta.get("seed")
+        if saved is not None:
+            current = global_seed()
+            if current != saved:
+                log.warning(
+                    "checkpoint was trained with seed %s, this run has %s: keeping %s so that dropout "
+                    "draws continue the interrupted run",
+                    saved,
+                    current,
+                    saved,
+                )
+            self._seed = int(saved)
+
+
+def _total_steps(trainer: L.Trainer) -> int:
+    if trainer.max_steps and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    try:
+        return int(trainer.estimated_stepping_batches)
+    except Exception:  # noqa: BLE001 - unsized iterables have no estimate
+        return 1

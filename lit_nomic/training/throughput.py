@@ -1,0 +1,73 @@
+"""Training throughput measured as wall time between consecutive training steps.
+
+The interval of step ``s`` runs from the end of step ``s-1`` to the end of step ``s``, so it contains
+everything a user waits for: fetching the batch, forward, backward, the optimiser step, checkpoint
+writes. Only work that is not training is cut out: the validation loop and in-training retrieval
+probes call ``pause()``/``resume()`` (or ``with clock.paused():``). The first step after (re)start has
+no previous step and reports nothing, instead of a rate inflated or deflated by set-up time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+
+class Rates(NamedTuple):
+    tokens_per_s: float
+    samples_per_s: float
+    seconds: float
+
+
+class ThroughputClock:
+    """Turns per-step token/sample counts into rates over the wall time between steps."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._last: float | None = None
+        self._paused_at: float | None = None
+
+    def reset(self) -> None:
+        """Forget the previous step (call when training (re)starts)."""
+        self._last = None
+        self._paused_at = None
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = self._clock()
+
+    def resume(self) -> None:
+        if self._paused_at is None:
+            return
+        if self._last is not None:
+            self._last += self._clock() - self._paused_at
+        self._paused_at = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    def tick(self, tokens: int, samples: int) -> Rates | None:
+        """Mark the end of a step that processed ``tokens``/``samples``; its rates, or None for the first."""
+        self.resume()
+        now = self._clock()
+        last, self._last = self._last, now
+        if last is None:
+            return None
+        seconds = max(now - last, 1e-9)
+        return Rates(tokens / seconds, samples / seconds, seconds)
+
+
+def batch_token_count(batch: dict[str, Any]) -> int:
+    """Real (non-padding) tokens of a contrastive batch: queries, documents and negatives together.
+
+    Counting attention masks, not ``input_ids.numel()``, keeps the rate honest: padding is neither
+    computed by the unpadded encoder nor work the user asked for.
+    """
+    return sum(int(v.sum()) for k, v in batch.items() if k.endswith("attention_mask"))
