@@ -9,6 +9,7 @@ Heavy imports happen inside each command so that ``lit-nomic --help`` is instant
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -257,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
         print(_usage())
         return
     command, rest = args[0], args[1:]
+    if command != "bench" and os.environ.get("LIT_NOMIC_TUNE_MALLOC", "1") != "0":
+        # Keep large freed CPU tensors in the heap instead of re-faulting fresh pages each step
+        # (see lit_nomic/allocator.py: 1.2x faster encoding here, much more for MoE gradients).
+        from lit_nomic.allocator import tune_glibc_malloc
+
+        tune_glibc_malloc()
     if command in LIGHTNING_COMMANDS:
         from lit_nomic.training.cli import run_lightning_cli
 

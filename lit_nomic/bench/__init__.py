@@ -1,0 +1,5 @@
+"""Benchmarks that print ratios measured side by side: ``python -m lit_nomic.bench --help``.
+
+``timing`` (interleaved repetitions, machine facts), ``results`` (JSON files), one module per
+benchmark (``moe``, ``encoder``, ``train``), ``report`` (markdown), ``profile`` (hotspots), ``cli``.
+"""

@@ -100,7 +100,7 @@ class PackedBatch:
     def pad(self, x_T: torch.Tensor) -> torch.Tensor:
         """[T, ...] -> [B, S, ...] with zeros at padding (differentiable)."""
         grid = x_T.new_zeros(self.batch_size * self.seq_len, *x_T.shape[1:])
-        grid = grid.index_copy(0, self.indices_T, x_T)
+        grid.index_copy_(0, self.indices_T, x_T)  # in place: no copy of the zero grid
         return grid.view(self.batch_size, self.seq_len, *x_T.shape[1:])
 
 
