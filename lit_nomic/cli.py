@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 from lit_nomic.config import PRESETS
-
 from lit_nomic.fileio import atomic_write_bytes
 
 PASSTHROUGH_COMMANDS = {
@@ -191,7 +190,9 @@ def table(
     """
     from lit_nomic.evaluation.report import write_report
 
-    cmd = command or "lit-nomic " + " ".join(sys.argv[1:] if sys.argv[1:2] == ["table"] else ["table", results])
+    cmd = command or "lit-nomic " + " ".join(
+        sys.argv[1:] if sys.argv[1:2] == ["table"] else ["table", results]
+    )
     paths = write_report(results, output, command=cmd, metric=metric, stem=stem)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -210,23 +211,16 @@ def load_any_model(model: str):  # noqa: ANN201 - returns an Embedder; imported 
 
 
 def _read_texts(path: Path, field: str) -> list[str]:
+    from lit_nomic.evaluation.files import field_str, iter_jsonl
+
     if not path.exists():
         raise SystemExit(f"lit-nomic encode: input file {path} does not exist")
-    if path.suffix == ".jsonl":
-        texts = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SystemExit(f"{path}:{lineno}: malformed JSON ({err.msg})") from err
-                if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                    raise SystemExit(f"{path}:{lineno}: missing string field {field!r}")
-                texts.append(obj[field])
-        return texts
-    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        if path.suffix in (".jsonl", ".gz"):
+            return [field_str(obj, field, path, lineno) for lineno, obj in iter_jsonl(path)]
+    except ValueError as err:  # names file and line
+        raise SystemExit(str(err)) from err
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _commands() -> dict[str, tuple[Callable, str]]:
@@ -234,7 +228,10 @@ def _commands() -> dict[str, tuple[Callable, str]]:
         "info": (info, "parameter counts (total/active) and FLOPs per token of a preset, as JSON"),
         "encode": (encode, "embed a .txt/.jsonl file of texts into a .npy matrix"),
         "table": (table, "collect eval result JSONs into Markdown/CSV/LaTeX tables and PNG plots"),
-        "eval": (evaluate, "evaluate a model on BEIR/MIRACL/XQuAD-R retrieval, STS or bitext; write result JSONs"),
+        "eval": (
+            evaluate,
+            "evaluate a model on BEIR/MIRACL/XQuAD-R retrieval, STS or bitext; write result JSONs",
+        ),
     }
 
 

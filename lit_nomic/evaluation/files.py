@@ -1,46 +1,16 @@
-"""Atomic writes and line-numbered JSONL reading shared by loaders and writers.
-
-Evaluation runs are long and get interrupted; a half-written result or cache file that later
-parses (or fails to parse) would silently corrupt tables, so every writer goes through a temporary
-file in the target folder followed by ``os.replace``.
-"""
+"""Line-numbered JSONL reading shared by loaders (and the atomic writers, re-exported)."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from lit_nomic.fileio import atomic_write, atomic_write_json, atomic_write_text
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write`` on a temp file beside ``path`` and move it into place; never leaves partials."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and caches are meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "field_str", "iter_jsonl", "open_text"]
 
 
 def open_text(path: Path) -> IO[str]:
