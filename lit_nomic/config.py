@@ -150,9 +150,7 @@ class EncoderConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"num_heads={self.num_heads} does not divide hidden_size={self.hidden_size}"
-            )
+            raise ConfigError(f"num_heads={self.num_heads} does not divide hidden_size={self.hidden_size}")
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head dim; hidden_size/num_heads = {self.head_dim}")
         if self.type_vocab_size < 0:
@@ -179,7 +177,9 @@ class EncoderConfig:
         if self.num_shared_experts < 0:
             raise ConfigError(f"num_shared_experts must be >= 0, got {self.num_shared_experts}")
         if self.router == "expert_choice" and self.loss_free_balancing:
-            raise ConfigError("loss_free_balancing applies to token-choice routers, not router='expert_choice'")
+            raise ConfigError(
+                "loss_free_balancing applies to token-choice routers, not router='expert_choice'"
+            )
         if self.expert_capacity_factor <= 0:
             raise ConfigError(f"expert_capacity_factor must be > 0, got {self.expert_capacity_factor}")
         if self.router_jitter < 0:

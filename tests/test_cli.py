@@ -69,7 +69,11 @@ def test_encode_writes_rows_in_input_order(tmp_path: Path, minilm_dir: Path) -> 
     config = preset("tiny-moe", vocab_size=30522, document_prefix="doc: ")
     model_dir = tmp_path / "model"
     Embedder(Encoder(config), source.tokenizer, "tiny").save_pretrained(model_dir)
-    texts = ["a short one", "a much longer text about mixture of experts routing and embeddings", "mid length"]
+    texts = [
+        "a short one",
+        "a much longer text about mixture of experts routing and embeddings",
+        "mid length",
+    ]
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
     out = tmp_path / "emb.npy"
     main(["encode", "--model", str(model_dir), "--input", str(tmp_path / "in.jsonl"), "--output", str(out)])
