@@ -28,6 +28,18 @@ class MemoizingEncoder:
         self.hits = 0
         self.misses = 0
 
+    def remember(self, texts: list[str], emb: torch.Tensor, prefix: str = "") -> None:
+        """Seed the memo with vectors computed elsewhere (e.g. read from an ``EmbeddingCache``).
+
+        Lets a comparison reuse embeddings a previous run stored on disk, so that neither of the
+        two pipelines compared has to encode anything.
+        """
+        if emb.ndim != 2 or emb.shape[0] != len(texts):
+            raise ValueError(f"remember: {len(texts)} texts but embeddings of shape {tuple(emb.shape)}")
+        emb = emb.detach().to(device="cpu", dtype=torch.float32)
+        for text, row in zip(texts, emb, strict=True):
+            self._memo[(prefix, text)] = row
+
     def encode(
         self, texts: list[str], prefix: str = "", batch_size: int = 64, show_progress: bool = False
     ) -> torch.Tensor:

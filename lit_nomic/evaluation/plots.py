@@ -31,24 +31,41 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
         plt.close(fig)
 
 
+# above this many bars, value labels would overlap each other and are left out
+MAX_LABELLED_BARS = 48
+
+
 def _grouped_bars(
     groups: Sequence[str], series: Mapping[str, Sequence[float | None]], title: str, ylabel: str
 ) -> Figure:
+    """Bars are labelled with their value (x100, one decimal) when few enough to stay legible,
+    because a reader comparing runs wants the number, not an estimate read off the axis."""
     n_series = max(len(series), 1)
     width = 0.8 / n_series
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(groups) * n_series + 2), 4.0))
+    # up to 8 groups stay horizontal (multi-line labels such as "dataset\nmetric" read badly tilted)
+    tilt = len(groups) > 8
+    fig_width = max(6.0, 0.6 * len(groups) * n_series + 2, 0.0 if tilt else 1.3 * len(groups) + 1)
+    fig, ax = plt.subplots(figsize=(fig_width, 4.0))
     x = np.arange(len(groups))
+    label_values = len(groups) * n_series <= MAX_LABELLED_BARS
     for i, (name, values) in enumerate(series.items()):
         heights = [np.nan if v is None else 100 * v for v in values]
-        ax.bar(x + (i - (n_series - 1) / 2) * width, heights, width, label=name)
+        bars = ax.bar(x + (i - (n_series - 1) / 2) * width, heights, width, label=name)
+        if label_values:
+            texts = ["" if not np.isfinite(h) else f"{h:.1f}" for h in heights]
+            ax.bar_label(
+                bars, labels=texts, fontsize=7 if n_series > 1 else 8, padding=1,
+                rotation=90 if n_series > 2 else 0,
+            )  # fmt: skip
+    if label_values:
+        ax.margins(y=0.12)  # head room so the labels of the tallest bars stay inside the axes
     ax.set_xticks(x)
-    ax.set_xticklabels(
-        groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center"
-    )
+    ax.set_xticklabels(groups, rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    # outside the axes: inside, it would hide the bars (and value labels) it happens to cover
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
@@ -61,7 +78,9 @@ def dataset_bar_chart(
     if not columns or not table.rows:
         raise ValueError("dataset_bar_chart: the table is empty")
     series = {row: [table.get(row, c) for c in columns] for row in table.rows}
-    return _grouped_bars(columns, series, title, "score ×100")
+    # columns mix metrics (nDCG@10, Spearman, F1): name each under its dataset
+    groups = [f"{c}\n{table.metric_of_column[c]}" if c in table.metric_of_column else c for c in columns]
+    return _grouped_bars(groups, series, title, "score ×100")
 
 
 def language_bar_chart(
@@ -83,7 +102,9 @@ def language_bar_chart(
     for row in series.values():
         present = [v for v in row[:-1] if v is not None]
         row[-1] = sum(present) / len(present) if len(present) == len(languages) else None
-    return _grouped_bars([*languages, "avg"], series, f"{dataset} ({name}) by language", f"{name} ×100")
+    fig = _grouped_bars([*languages, "avg"], series, f"{dataset} ({name}) by language", f"{name} ×100")
+    fig.axes[0].axvline(len(languages) - 0.5, color="grey", linestyle=":", linewidth=1)  # avg apart
+    return fig
 
 
 def load_expert_load(source: str | os.PathLike | Mapping[str, Any]) -> tuple[list[str], np.ndarray]:

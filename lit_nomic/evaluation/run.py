@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from lit_nomic.evaluation.beir import load_beir
@@ -23,8 +24,31 @@ from lit_nomic.evaluation.retrieval_data import RetrievalDataset, subsample
 from lit_nomic.evaluation.sts import evaluate_sts, load_stsb_multi_mt, stsb_languages
 from lit_nomic.evaluation.suites import TaskSpec, resolve_data
 from lit_nomic.evaluation.xquad_r import xquad_r_tasks
+from lit_nomic.paths import data_root as default_data_root
 
 log = logging.getLogger(__name__)
+
+DATA_ROOT_MARK = "<data_root>"
+
+
+def portable_source(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` as recorded in a result file: ``<data_root>/...``, else relative to the cwd.
+
+    Result JSONs are committed and shared, so the machine-specific location of the data must not
+    leak into them; an absolute path is kept only for data outside both the root and the cwd.
+    """
+    if not str(path):
+        return ""
+    resolved = Path(path).resolve()
+    try:
+        rel = resolved.relative_to(Path(root).resolve())
+        return f"{DATA_ROOT_MARK}/{rel.as_posix()}" if rel.parts else DATA_ROOT_MARK
+    except ValueError:
+        pass
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _pick_languages(spec: TaskSpec, available: Sequence[str]) -> list[str]:
@@ -94,6 +118,7 @@ def evaluate(
     (mteb-style, e.g. ``{"STS": "classification: "}``) or no prefix.
     """
     specs = resolve_data(data, split, languages, data_root)
+    root = default_data_root(data_root)
     cache = EmbeddingCache(cache_dir)
     model_hash = encoder_fingerprint(encoder)
     q_prefix = encoder.query_prefix if query_prefix is None else query_prefix
@@ -145,7 +170,7 @@ def evaluate(
                         eval_time_s=time.perf_counter() - t0,
                         counts=out.counts,
                         timings=out.timings,
-                        extra={"source": ds.source or str(spec.path), **ds.extra},
+                        extra={"source": portable_source(ds.source or spec.path, root), **ds.extra},
                     )
                 )
         elif spec.kind == "sts":
@@ -176,7 +201,7 @@ def evaluate(
                         eval_time_s=time.perf_counter() - t0,
                         counts=counts,
                         timings=timings,
-                        extra={"source": pairs.source},
+                        extra={"source": portable_source(pairs.source, root)},
                     )
                 )
         elif spec.kind == "bitext":
@@ -207,7 +232,7 @@ def evaluate(
                         eval_time_s=time.perf_counter() - t0,
                         counts=counts,
                         timings=timings,
-                        extra={"source": pairs.path, "direction": f"{lang}->eng"},
+                        extra={"source": portable_source(pairs.path, root), "direction": f"{lang}->eng"},
                     )
                 )
     log.info("embedding cache: %d hits, %d misses", cache.hits, cache.misses)

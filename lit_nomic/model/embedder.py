@@ -248,6 +248,8 @@ class Embedder(nn.Module):
             embedder = cls._load_foreign(root, tokenizer)
         if name is not None:
             embedder.name = name
+        elif not Path(path).expanduser().exists():  # a packaged name or Hub id: name it as the user did
+            embedder.name = str(path).rsplit("/", 1)[-1]
         if dtype is not None:
             embedder.to(dtype=dtype)
         if device is not None:
