@@ -332,6 +332,7 @@ def test_tagged_runs_are_kept_side_by_side(moe_json: Path, tmp_path: Path) -> No
     text = write_report(tmp_path, tmp_path / "b.md").read_text()
     assert text.count("## MoE layer") == 2 and "## MoE layer, forward + backward [tuned]" in text
     assert "glibc malloc tuned" in text and tagged.settings["tag"] == "tuned"
-    assert "| ours never slower than the per-expert loop | moe [tuned] | 1/1 rows |" in text
+    # Whether the target is met depends on timing, which tests never assert: only that it is reported.
+    assert "| ours never slower than the per-expert loop | moe [tuned] | " in text
     with pytest.raises(SystemExit, match="--tag"):
         main(["moe", "--quick", "--tag", "a/b", "--output", str(tmp_path)])
