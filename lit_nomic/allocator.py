@@ -13,7 +13,7 @@ loop's lead at 8,192 tokens (loop/grouped 0.92x) into 1.02x.
 Raising the mmap threshold and the trim threshold keeps freed blocks in the heap for reuse, the
 same effect as preloading jemalloc/tcmalloc (Intel's PyTorch CPU tuning guide advice), without a
 preload. It changes the whole process, so the benchmarks make it opt-in (``--tune-malloc``, recorded with the
-results) while the ``lit-nomic`` commands turn it on (``LIT_NOMIC_TUNE_MALLOC=0`` disables it).
+results) and the ``lit-nomic`` commands with ``LIT_NOMIC_TUNE_MALLOC=1``).
 """
 
 from __future__ import annotations
