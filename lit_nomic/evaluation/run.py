@@ -173,12 +173,23 @@ def evaluate(
                         extra={"source": portable_source(ds.source or spec.path, root), **ds.extra},
                     )
                 )
-        elif spec.kind == "sts":
-            prefix = task_prefix(encoder, "STS")
-            for lang in _pick_languages(spec, stsb_languages(spec.path, spec.split)):
+        elif spec.kind in ("sts", "bitext"):
+            sts = spec.kind == "sts"
+            prefix = task_prefix(encoder, "STS" if sts else "BitextMining")
+            available = stsb_languages(spec.path, spec.split) if sts else tatoeba_languages(spec.path)
+            for lang in _pick_languages(spec, available):
                 t0 = time.perf_counter()
-                pairs = load_stsb_multi_mt(spec.path, lang, spec.split)
-                metrics, counts, timings = evaluate_sts(
+                if sts:
+                    pairs = load_stsb_multi_mt(spec.path, lang, spec.split)
+                    score = evaluate_sts
+                    where = dict(split=spec.split, language=lang)
+                    extra = {"source": portable_source(pairs.source, root)}
+                else:
+                    pairs = load_tatoeba(spec.path, lang)
+                    score = evaluate_bitext
+                    where = dict(split="test", language=pairs.pair)
+                    extra = {"source": portable_source(pairs.path, root), "direction": f"{lang}->eng"}
+                metrics, counts, timings = score(
                     encoder,
                     pairs,
                     prefix=prefix,
@@ -192,47 +203,15 @@ def evaluate(
                         model_name=encoder.name,
                         model_hash=model_hash,
                         dataset=pairs.name,
-                        task_type="sts",
-                        split=spec.split,
-                        language=lang,
+                        task_type=spec.kind,
                         metrics=metrics,
                         prefix=prefix,
                         matryoshka_dim=matryoshka_dim,
                         eval_time_s=time.perf_counter() - t0,
                         counts=counts,
                         timings=timings,
-                        extra={"source": portable_source(pairs.source, root)},
-                    )
-                )
-        elif spec.kind == "bitext":
-            prefix = task_prefix(encoder, "BitextMining")
-            for lang in _pick_languages(spec, tatoeba_languages(spec.path)):
-                t0 = time.perf_counter()
-                pairs = load_tatoeba(spec.path, lang)
-                metrics, counts, timings = evaluate_bitext(
-                    encoder,
-                    pairs,
-                    prefix=prefix,
-                    batch_size=batch_size,
-                    matryoshka_dim=matryoshka_dim,
-                    cache=cache,
-                    model_hash=model_hash,
-                )
-                emit(
-                    build_result(
-                        model_name=encoder.name,
-                        model_hash=model_hash,
-                        dataset=pairs.name,
-                        task_type="bitext",
-                        split="test",
-                        language=pairs.pair,
-                        metrics=metrics,
-                        prefix=prefix,
-                        matryoshka_dim=matryoshka_dim,
-                        eval_time_s=time.perf_counter() - t0,
-                        counts=counts,
-                        timings=timings,
-                        extra={"source": portable_source(pairs.path, root), "direction": f"{lang}->eng"},
+                        extra=extra,
+                        **where,
                     )
                 )
     log.info("embedding cache: %d hits, %d misses", cache.hits, cache.misses)
