@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import lightning as L
@@ -14,6 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from train_common_loader import load_train_common
 
 from lit_nomic.evaluation.beir import load_beir
 from lit_nomic.evaluation.results import load_results
@@ -23,21 +21,10 @@ from lit_nomic.model.embedder import Embedder
 from lit_nomic.training.callbacks import ExportModel, RetrievalEval, probe_subset
 from lit_nomic.training.export import export_checkpoint, load_checkpoint_embedder
 
-DIST_SCRIPTS = Path(__file__).parent / "dist_scripts"
 TEXTS = ["what about protein and enzyme", "a study of ocean reef fish", "volcano lava", "piano"]
 
 
-def _common() -> ModuleType:
-    if "train_common" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_common", DIST_SCRIPTS / "train_common.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train_common"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["train_common"]
-
-
-common = _common()
+common = load_train_common()
 
 
 class RecordingLogger(Logger):

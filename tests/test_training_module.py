@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+from train_common_loader import load_train_common
 
 from lit_nomic.objectives.infonce import InfoNCELoss
 from lit_nomic.training.expert_stats import coefficient_of_variation, expert_load_metrics
@@ -21,20 +19,7 @@ from lit_nomic.training.optim import lr_multiplier
 from lit_nomic.training.seeding import seed_step, step_seed
 from lit_nomic.training.throughput import ThroughputClock, batch_token_count
 
-DIST_SCRIPTS = Path(__file__).parent / "dist_scripts"
-
-
-def _common() -> ModuleType:
-    if "train_common" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("train_common", DIST_SCRIPTS / "train_common.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["train_common"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["train_common"]
-
-
-common = _common()
+common = load_train_common()
 
 
 @pytest.fixture(scope="module")
