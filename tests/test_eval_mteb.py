@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from beir_writer import write_beir
 
 pytest.importorskip("mteb")
 
@@ -18,20 +19,6 @@ from lit_nomic.evaluation.memo_encoder import MemoizingEncoder  # noqa: E402
 from lit_nomic.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from lit_nomic.evaluation.retrieval_data import subsample  # noqa: E402
 from lit_nomic.evaluation.sts import evaluate_sts, load_stsb_multi_mt  # noqa: E402
-
-
-def _write_beir(ds, root: Path) -> Path:  # noqa: ANN001
-    (root / "qrels").mkdir(parents=True)
-    with open(root / "corpus.jsonl", "w", encoding="utf-8") as fh:
-        for d in ds.corpus.values():
-            fh.write(json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n")
-    with open(root / "queries.jsonl", "w", encoding="utf-8") as fh:
-        for q, text in ds.queries.items():
-            fh.write(json.dumps({"_id": q, "text": text}) + "\n")
-    with open(root / "qrels" / "test.tsv", "w", encoding="utf-8") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        fh.writelines(f"{q}\t{d}\t{s}\n" for q, docs in ds.qrels.items() for d, s in docs.items())
-    return root
 
 
 class CountingHashingEncoder(HashingEncoder):
@@ -50,7 +37,7 @@ class CountingHashingEncoder(HashingEncoder):
 
 def test_mteb_agrees_with_ours(tmp_path: Path, shared_data: Path) -> None:
     scifact = subsample(load_beir(shared_data / "beir" / "scifact"), 200, max_queries=30, seed=1)
-    folder = _write_beir(scifact, tmp_path / "scifact_sub")
+    folder = write_beir(scifact, tmp_path / "scifact_sub")
     base = CountingHashingEncoder()
     enc = MemoizingEncoder(base)
     ours_ret = evaluate_retrieval(enc, load_beir(folder))

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from beir_writer import write_beir
 
 from lit_nomic.evaluation.beir import load_beir
 from lit_nomic.evaluation.bitext import load_tatoeba, tatoeba_languages
 from lit_nomic.evaluation.lexical import HashingEncoder
 from lit_nomic.evaluation.miracl import is_miracl_language_folder, load_miracl, miracl_languages
 from lit_nomic.evaluation.results import load_results
-from lit_nomic.evaluation.retrieval_data import RetrievalDataset, subsample
+from lit_nomic.evaluation.retrieval_data import subsample
 from lit_nomic.evaluation.run import DATA_ROOT_MARK, portable_source
 from lit_nomic.evaluation.sts import load_stsb_multi_mt, stsb_languages
 from lit_nomic.evaluation.suites import TaskSpec, resolve_data
@@ -160,20 +161,6 @@ def test_committed_results_are_portable_and_valid() -> None:
         assert main["within_tolerance"] == (main["abs_diff"] <= main["tolerance"])
 
 
-def _write_beir(ds: RetrievalDataset, root: Path) -> Path:
-    (root / "qrels").mkdir(parents=True)
-    with open(root / "corpus.jsonl", "w", encoding="utf-8") as fh:
-        for d in ds.corpus.values():
-            fh.write(json.dumps({"_id": d.id, "title": d.title, "text": d.text}) + "\n")
-    with open(root / "queries.jsonl", "w", encoding="utf-8") as fh:
-        for q, text in ds.queries.items():
-            fh.write(json.dumps({"_id": q, "text": text}) + "\n")
-    with open(root / "qrels" / "test.tsv", "w", encoding="utf-8") as fh:
-        fh.write("query-id\tcorpus-id\tscore\n")
-        fh.writelines(f"{q}\t{d}\t{s}\n" for q, docs in ds.qrels.items() for d, s in docs.items())
-    return root
-
-
 class _CountingEncoder(HashingEncoder):
     def __init__(self) -> None:
         super().__init__(dim=1024, name="bow", query_prefix="q: ", document_prefix="d: ")
@@ -191,7 +178,7 @@ def test_mteb_compare_side_by_side(tmp_path: Path, scifact_dir: Path) -> None:
     from lit_nomic.evaluation import mteb_compare as mc
 
     sub = subsample(load_beir(scifact_dir), 150, max_queries=25, seed=2)
-    folder = _write_beir(sub, tmp_path / "scifact_sub")
+    folder = write_beir(sub, tmp_path / "scifact_sub")
     enc, cache = _CountingEncoder(), tmp_path / "cache"
     first = mc.compare_retrieval(enc, folder, dataset_name="scifact", cache_dir=cache)
     assert enc.encoded == 150 + 25  # encoded once, for both pipelines
