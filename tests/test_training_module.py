@@ -161,7 +161,7 @@ def test_tensorboard_receives_every_training_signal(toy: Path, tmp_path: Path) -
     tags = set(events.Tags()["scalars"])
     required = {
         "train/loss", "train/infonce", "train/aux_loss", "train/z_loss", "train/accuracy",
-        "train/accuracy/toy", "train/lr", "train/temperature", "train/logit_scale",
+        "train/accuracy/toy", "train/infonce/toy", "train/lr", "train/temperature", "train/logit_scale",
         "train/tokens_per_s", "train/samples_per_s",
     }  # fmt: skip
     for layer in (1, 3):  # tiny-moe: MoE FFN in blocks 1 and 3
@@ -174,6 +174,7 @@ def test_tensorboard_receives_every_training_signal(toy: Path, tmp_path: Path) -
 
     total, infonce, aux, z = (series(f"train/{k}") for k in ("loss", "infonce", "aux_loss", "z_loss"))
     assert len(total) == steps
+    assert series("train/infonce/toy") == pytest.approx(infonce)  # one source: the same curve
     for t, i, a, zz in zip(total, infonce, aux, z, strict=True):
         assert t == pytest.approx(i + 0.01 * a + 0.001 * zz, rel=1e-6, abs=1e-6)
     cfg = module.optim_config
