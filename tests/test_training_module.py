@@ -146,6 +146,44 @@ def test_loss_free_biases_move_once_per_optimizer_step(toy: Path, tmp_path: Path
 
 
 # ----------------------------------------------------------------------------- logging
+def test_per_source_curves_have_a_point_only_where_the_source_was_drawn(toy: Path, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lit_nomic.data.datamodule import ContrastiveDataModule
+    from lit_nomic.data.mixture import SourceSpec
+
+    class DrawnSources(L.Callback):
+        def __init__(self) -> None:
+            self.by_step: dict[int, str] = {}
+
+        def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+            self.by_step[trainer.global_step] = str(batch["source"])
+
+    specs = [
+        SourceSpec(name=n, path=str(toy), query_prefix="", document_prefix="", max_query_length=32,
+                   max_document_length=32)
+        for n in ("a", "b")
+    ]  # fmt: skip
+    datamodule = ContrastiveDataModule(
+        sources=specs, tokenizer=common.TOKENIZER, batch_size=8, weighting="uniform"
+    )
+    L.seed_everything(0, verbose=False)
+    module = common.make_module(common.tiny_moe_spec())
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    drawn = DrawnSources()
+    steps = 8
+    trainer = _trainer(tmp_path, steps, logger=logger, log_every_n_steps=1, callbacks=[drawn])
+    trainer.fit(module, datamodule=datamodule)
+    events = EventAccumulator(str(Path(logger.log_dir)), size_guidance={"scalars": 0})
+    events.Reload()
+    assert sorted(drawn.by_step) == list(range(steps)) and set(drawn.by_step.values()) == {"a", "b"}
+    for source in ("a", "b"):
+        expected = sorted(s for s, name in drawn.by_step.items() if name == source)
+        for tag in (f"train/infonce/{source}", f"train/accuracy/{source}"):
+            assert sorted(e.step for e in events.Scalars(tag)) == expected, tag
+
+
 def test_tensorboard_receives_every_training_signal(toy: Path, tmp_path: Path) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -234,10 +234,10 @@ class ContrastiveModule(L.LightningModule):
         self.log(f"{stage}/loss", step.loss.detach(), prog_bar=True, **opts)
         self.log(f"{stage}/infonce", step.infonce.detach(), **opts)
         self.log(f"{stage}/accuracy", step.accuracy, **opts)
-        self.log(f"{stage}/accuracy/{source}", step.accuracy, **opts)
-        # Sources differ in difficulty, so the pooled loss jumps with the source of each batch; the
-        # per-source curve is the one that shows whether training makes progress.
-        self.log(f"{stage}/infonce/{source}", step.infonce.detach(), **opts)
+        if stage == "train":
+            self._log_source(source, step)
+        else:
+            self.log(f"{stage}/accuracy/{source}", step.accuracy, **opts)
         for dim, value in step.per_dim_loss.items():
             self.log(f"{stage}/infonce_dim{dim}", value, **opts)
         config = self.encoder.config
@@ -256,6 +256,22 @@ class ContrastiveModule(L.LightningModule):
             metrics["load_cv_max"] = max(cvs)
             for name, value in metrics.items():
                 self.log(f"moe/{name}", value, batch_size=bs)
+
+    def _log_source(self, source: str, step: StepOutput) -> None:
+        """Per-source InfoNCE and accuracy, written only at the steps that drew that source.
+
+        Sources differ in difficulty, so the pooled loss jumps with the source of each batch; the
+        per-source curves show whether training makes progress. ``self.log`` would write every
+        source's last value again at each step, so these go to the loggers directly.
+        """
+        if self._trainer is None:
+            return
+        values = {
+            f"train/infonce/{source}": float(step.infonce.detach()),
+            f"train/accuracy/{source}": float(step.accuracy),
+        }
+        for logger in self.loggers:
+            logger.log_metrics(values, step=self.global_step)
 
     def _is_logging_step(self) -> bool:
         # Dozens of per-expert scalars per step: only build them when the logger will write them.
