@@ -90,7 +90,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     module = common.make_module(common.tiny_moe_spec())
     probe = RetrievalEval(
         data=str(probe_data), every_n_steps=2, max_queries=8, max_corpus=20, batch_size=16,
-        output_dir=str(root / "eval_probe"),
+        output_dir=str(root / "eval_probe"), data_root=str(root),
     )  # fmt: skip
     final = RetrievalEval(data=str(full_data), output_dir=str(root / "eval_full"))
     logger = RecordingLogger()
@@ -119,6 +119,7 @@ def test_probe_result_equals_a_direct_evaluation(trained: dict[str, Any]) -> Non
     (result,) = load_results(root / "eval_probe")
     assert result["dataset"] == "toybeir-probe" and result["split"] == "test"
     assert result["counts"]["num_queries"] == 8 and result["counts"]["num_documents"] == 20
+    assert result["extra"]["source"] == "<data_root>/toybeir"  # no machine path in a shared result file
     subset = probe_subset(load_beir(root / "toybeir", "test"), 8, 20)
     direct = evaluate_retrieval(module.embedder, subset, batch_size=16).metrics
     assert result["metrics"]["ndcg@10"] == pytest.approx(direct["ndcg@10"], abs=1e-9)

@@ -19,11 +19,12 @@ from lit_nomic.evaluation.beir import load_beir
 from lit_nomic.evaluation.results import build_result, write_result
 from lit_nomic.evaluation.retrieval import evaluate_retrieval
 from lit_nomic.evaluation.retrieval_data import RetrievalDataset
-from lit_nomic.evaluation.run import evaluate, format_table
+from lit_nomic.evaluation.run import evaluate, format_table, portable_source
 from lit_nomic.evaluation.suites import TaskSpec, resolve_data
 from lit_nomic.fileio import atomic_write_text
 from lit_nomic.model.embedder import Embedder
 from lit_nomic.model.encoder import Encoder
+from lit_nomic.paths import data_root
 from lit_nomic.training.parallel import full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,11 @@ class RetrievalEval(L.Callback):
             eval_time_s=time.perf_counter() - start,
             counts=out.counts,
             timings=out.timings,
-            extra={"source": dataset.source, "global_step": step, **dataset.extra},
+            extra={
+                "source": portable_source(dataset.source, data_root(self.data_root)),
+                "global_step": step,
+                **dataset.extra,
+            },
         )
 
     def _write_table(self, results: list[dict[str, Any]], step: int) -> Path:
