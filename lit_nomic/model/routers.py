@@ -177,7 +177,32 @@ def _renormalize(gates: Tensor) -> Tensor:
     return gates / gates.sum(-1, keepdim=True).clamp_min(torch.finfo(gates.dtype).tiny)
 
 
-class SoftmaxTopKRouter:
+class _TopKRouter:
+    """Token choice: each token picks its top-k experts by ``scores``; subclasses define the scores."""
+
+    kind: str
+
+    def __init__(self, num_experts: int, top_k: int, renormalize: bool = False) -> None:
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.renormalize = renormalize
+
+    def scores(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(gate scores, per-token distribution for the aux loss and the entropy), both [T, E]."""
+        raise NotImplementedError
+
+    def __call__(self, logits: Tensor, selection_bias: Tensor | None = None) -> Routing:
+        logits = logits.float()
+        scores, probs = self.scores(logits)
+        gates, experts = select_top_k(scores, self.top_k, selection_bias)
+        if self.renormalize:
+            gates = _renormalize(gates)
+        return token_choice_routing(logits, probs, gates, experts)
+
+
+class SoftmaxTopKRouter(_TopKRouter):
     """Softmax over all experts, then top-k (Switch, GShard, Mixtral, Nomic Embed v2).
 
     With ``renormalize`` the k gates are rescaled to sum to 1 (Mixtral); without it (Nomic v2,
@@ -187,23 +212,12 @@ class SoftmaxTopKRouter:
 
     kind = "softmax"
 
-    def __init__(self, num_experts: int, top_k: int, renormalize: bool = False) -> None:
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.renormalize = renormalize
-
-    def __call__(self, logits: Tensor, selection_bias: Tensor | None = None) -> Routing:
-        logits = logits.float()
+    def scores(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         probs = logits.softmax(dim=-1)
-        gates, experts = select_top_k(probs, self.top_k, selection_bias)
-        if self.renormalize:
-            gates = _renormalize(gates)
-        return token_choice_routing(logits, probs, gates, experts)
+        return probs, probs
 
 
-class SigmoidTopKRouter:
+class SigmoidTopKRouter(_TopKRouter):
     """Independent sigmoid affinity per expert, top-k (DeepSeek-V3).
 
     Sigmoid scores do not compete, which suits loss-free balancing: the selection bias can move a
@@ -213,21 +227,9 @@ class SigmoidTopKRouter:
 
     kind = "sigmoid"
 
-    def __init__(self, num_experts: int, top_k: int, renormalize: bool = False) -> None:
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k={top_k} must be in [1, num_experts={num_experts}]")
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.renormalize = renormalize
-
-    def __call__(self, logits: Tensor, selection_bias: Tensor | None = None) -> Routing:
-        logits = logits.float()
+    def scores(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         scores = torch.sigmoid(logits)
-        gates, experts = select_top_k(scores, self.top_k, selection_bias)
-        if self.renormalize:
-            gates = _renormalize(gates)
-        probs = scores / scores.sum(-1, keepdim=True)
-        return token_choice_routing(logits, probs, gates, experts)
+        return scores, scores / scores.sum(-1, keepdim=True)
 
 
 # ---------------------------------------------------------------------------- expert choice
