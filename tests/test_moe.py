@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,16 +15,6 @@ from lit_nomic.model.moe_reference import reference_moe_forward
 from lit_nomic.model.routers import load_balancing_loss, router_z_loss
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and on a shared 2-core box every OpenMP region
-    waits for a descheduled sibling thread (seconds per test instead of milliseconds)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # name -> config overrides; "loss_free" variants get a random, non-zero selection bias below

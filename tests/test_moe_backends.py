@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,15 +31,6 @@ from lit_nomic.model.moe_reference import reference_moe_forward
 from lit_nomic.model.routers import ExpertChoiceRouter, Routing, token_choice_routing
 
 HAS_MEGABLOCKS = importlib.util.find_spec("megablocks") is not None
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: threads only add OpenMP barrier stalls on the shared CPU box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def fixed_routing(experts: list[list[int]], num_experts: int) -> Routing:
