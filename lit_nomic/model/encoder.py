@@ -7,7 +7,9 @@ embeddings, every LayerNorm, projection and FFN, and are padded only around the 
 (or not at all with the flash-attn varlen kernel). That skips the padding FLOPs everywhere except
 attention, and it is what guarantees that padding never reaches the experts: an MoE layer sees
 exactly the real tokens, so router statistics, load-balancing losses and expert capacity are not
-polluted by pad tokens.
+polluted by pad tokens. The MoE layers also get the sequence boundaries (``cu_seqlens``), so that
+an expert-choice router selects tokens within each text and an embedding does not depend on the
+other texts of its batch.
 
 Positions are the rank of a token among the real tokens of its row (``cumsum(mask) - 1``), so an
 embedding does not depend on how much padding a batch has nor on the padding side. For right
@@ -229,19 +231,20 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def _ffn(self, x_TD: torch.Tensor) -> tuple[torch.Tensor, MoEOutput | None]:
+    def _ffn(self, x_TD: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, MoEOutput | None]:
         if self.is_moe:
-            moe: MoEOutput = self.ffn(x_TD)
+            # The sequence boundaries let expert choice select per text (batch-independent routing).
+            moe: MoEOutput = self.ffn(x_TD, batch.cu_seqlens)
             return moe.y, moe
         return self.ffn(x_TD), None
 
     def forward(self, x_TD: torch.Tensor, batch: PackedBatch) -> tuple[torch.Tensor, MoEOutput | None]:
         if self.pre_norm:
             x_TD = x_TD + self.dropout(self.attn(self.norm1(x_TD), batch))
-            y_TD, moe = self._ffn(self.norm2(x_TD))
+            y_TD, moe = self._ffn(self.norm2(x_TD), batch)
             return x_TD + self.dropout(y_TD), moe
         x_TD = self.norm1(x_TD + self.dropout(self.attn(x_TD, batch)))
-        y_TD, moe = self._ffn(x_TD)
+        y_TD, moe = self._ffn(x_TD, batch)
         return self.norm2(x_TD + self.dropout(y_TD)), moe
 
 

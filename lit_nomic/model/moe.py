@@ -3,7 +3,9 @@
 ``MoEFeedForward`` owns the parameters (router, stacked expert weights, output bias, optional shared
 expert) and the loss-free balancing state; the routing policy lives in ``routers.py`` and the
 expert computation in ``moe_backends.py``. It takes only the real tokens of a batch, flattened to
-``[T, D]``, so padding never competes for experts nor skews the balancing statistics.
+``[T, D]``, so padding never competes for experts nor skews the balancing statistics, plus the
+sequence boundaries ``cu_seqlens`` so that expert choice can select within each sequence (a text's
+embedding then does not depend on the other texts of its batch).
 """
 
 from __future__ import annotations
@@ -126,21 +128,26 @@ class MoEFeedForward(nn.Module):
         self.load_accumulator.zero_()
 
     # ------------------------------------------------------------------ routing
-    def route(self, x: Tensor) -> Routing:
-        """Router logits -> assignments; jitter only in training, selection bias only if enabled."""
+    def route(self, x: Tensor, cu_seqlens: Tensor | None = None) -> Routing:
+        """Router logits -> assignments; jitter only in training, selection bias only if enabled.
+
+        ``cu_seqlens`` (int ``[B + 1]``) delimits the sequences of ``x``; expert choice selects
+        within each of them, token choice ignores it. None: ``x`` is one sequence.
+        """
         router_in = apply_jitter(x, self.config.router_jitter) if self.training else x
         logits = self.router(router_in)
         bias = self.selection_bias if self.config.loss_free_balancing else None
-        return self.routing(logits, bias)
+        return self.routing(logits, bias, cu_seqlens)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor) -> MoEOutput:
+    def forward(self, x: Tensor, cu_seqlens: Tensor | None = None) -> MoEOutput:
+        """``x`` [T, D] real tokens; ``cu_seqlens`` [B + 1] their sequence boundaries (None: one sequence)."""
         if x.dim() != 2 or x.shape[-1] != self.config.hidden_size:
             raise ValueError(
                 f"MoEFeedForward expects real tokens flattened to [T, {self.config.hidden_size}], "
                 f"got shape {tuple(x.shape)}"
             )
-        routing = self.route(x)
+        routing = self.route(x, cu_seqlens)
         y = self.backend(x, routing, self.experts.params(), self.config.activation)
         if self.shared_expert is not None:
             y = y + self.shared_expert(x)

@@ -10,7 +10,11 @@ Policies:
 
 * :class:`SoftmaxTopKRouter` - Switch/GShard/Mixtral/Nomic: softmax over all experts, top-k.
 * :class:`SigmoidTopKRouter` - DeepSeek-V3: independent sigmoid affinities, top-k.
-* :class:`ExpertChoiceRouter` - Zhou et al. 2022: every expert takes its top-C tokens.
+* :class:`ExpertChoiceRouter` - Zhou et al. 2022, per sequence: in every sequence, each expert
+  takes its top-C tokens of that sequence (so an embedding does not depend on its batch).
+
+Routers take the sequence boundaries of the unpadded tokens (``cu_seqlens``); token-choice routers
+decide per token and ignore them.
 
 Token-choice routers accept a ``selection_bias`` (auxiliary-loss-free balancing, Wang et al. 2024)
 that shifts which experts are *selected* without changing the gate values.
@@ -81,7 +85,9 @@ class Router(Protocol):
     num_experts: int
     top_k: int
 
-    def __call__(self, logits: Tensor, selection_bias: Tensor | None = None) -> Routing: ...
+    def __call__(
+        self, logits: Tensor, selection_bias: Tensor | None = None, cu_seqlens: Tensor | None = None
+    ) -> Routing: ...
 
 
 # ---------------------------------------------------------------------------- losses and stats
@@ -128,7 +134,10 @@ def apply_jitter(x: Tensor, eps: float) -> Tensor:
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
-    """Tokens per expert under expert choice: ``ceil(T * k * capacity_factor / E)``, at most T."""
+    """Tokens per expert in one sequence of T tokens under expert choice.
+
+    ``ceil(T * k * capacity_factor / E)``, at most T (and at least 1 when T > 0).
+    """
     if num_tokens <= 0:
         return 0
     return min(num_tokens, math.ceil(num_tokens * top_k * capacity_factor / num_experts))
@@ -193,7 +202,10 @@ class _TopKRouter:
         """(gate scores, per-token distribution for the aux loss and the entropy), both [T, E]."""
         raise NotImplementedError
 
-    def __call__(self, logits: Tensor, selection_bias: Tensor | None = None) -> Routing:
+    def __call__(
+        self, logits: Tensor, selection_bias: Tensor | None = None, cu_seqlens: Tensor | None = None
+    ) -> Routing:
+        del cu_seqlens  # token choice decides per token: sequence boundaries do not matter
         logits = logits.float()
         scores, probs = self.scores(logits)
         gates, experts = select_top_k(scores, self.top_k, selection_bias)
@@ -233,14 +245,59 @@ class SigmoidTopKRouter(_TopKRouter):
 
 
 # ---------------------------------------------------------------------------- expert choice
-class ExpertChoiceRouter:
-    """Expert choice (Zhou et al. 2022): each expert takes its C highest-scoring tokens.
+def sequence_capacities(lengths: Tensor, num_experts: int, top_k: int, capacity_factor: float) -> Tensor:
+    """Per-sequence expert-choice capacity ``clamp(ceil(L * k * capacity_factor / E), 1, L)``, int64.
 
-    Scores are the softmax over experts; ``C = ceil(T * k * capacity_factor / E)`` clamped to T, so
-    every expert processes exactly C tokens (perfect balance by construction, no aux loss) while a
-    token may be picked by 0..E experts. The choice looks at all tokens of the batch at once, which
-    is sound for a bidirectional encoder (no causal leak), but it makes a token's output depend on
-    the other sequences in the batch, at training and at inference.
+    The same arithmetic as :func:`expert_capacity` (float64, same operation order), vectorised over
+    sequence lengths; a length-0 sequence gets 0.
+    """
+    lengths = lengths.to(torch.int64)
+    raw = torch.ceil((lengths * top_k).to(torch.float64) * capacity_factor / num_experts).to(torch.int64)
+    return torch.minimum(raw.clamp_min(1), lengths)
+
+
+def expert_choice_select(probs: Tensor, cu_seqlens: Tensor, capacities: Tensor) -> Tensor:
+    """int64 ``[E, sum(capacities)]``: for every expert, the top-``capacities[b]`` tokens of each
+    sequence ``b`` by ``probs[:, e]``, sequences in order, within a sequence best first.
+
+    Vectorised as two stable sorts per expert (no loop over sequences): by score, descending, then
+    by sequence id. The result groups every expert's ranking by sequence, best first inside each,
+    so the rank of a token inside its sequence is its position minus the sequence start, and the
+    kept slots are the same for every expert. Ties go to the earlier token of the sequence, which
+    does not depend on what else is in the batch. Padding cannot be picked: ``probs`` holds only
+    the real tokens ``[T, E]``, ``cu_seqlens`` ``[B + 1]`` delimits them.
+    """
+    num_tokens = probs.shape[0]
+    device = probs.device
+    cu = cu_seqlens.to(device=device, dtype=torch.int64)
+    positions = torch.arange(num_tokens, device=device)
+    seq_id = torch.searchsorted(cu[1:], positions, right=True)  # [T]: no host sync
+    by_score = torch.sort(probs.t(), dim=-1, descending=True, stable=True).indices  # [E, T]
+    by_sequence = torch.sort(seq_id[by_score], dim=-1, stable=True).indices
+    ranked = by_score.gather(1, by_sequence)  # [E, T]: grouped by sequence, best first inside
+    rank = positions - cu.index_select(0, seq_id)  # rank of slot p inside its sequence
+    keep = rank < capacities.to(device).index_select(0, seq_id)  # [T], the same for every expert
+    return ranked[:, keep]
+
+
+class ExpertChoiceRouter:
+    """Expert choice (Zhou et al. 2022), per sequence: in every sequence, each expert takes its
+    ``C_b = clamp(ceil(L_b * k * capacity_factor / E), 1, L_b)`` highest-scoring tokens.
+
+    Scores are the softmax over experts and the gate of a pick is that probability (differentiable,
+    so the router learns through the gates; no aux loss is needed). Every expert processes exactly
+    ``sum_b C_b`` tokens (perfect balance by construction) while a token may be picked by 0..E
+    experts.
+
+    Why per sequence: the paper lets each expert choose among all tokens of the batch, which makes a
+    token's output depend on the other texts in its batch. For a bidirectional embedder that is a
+    defect: a document's embedding would change with whatever it is batched with, at training and at
+    indexing/query time. Choosing within each sequence keeps routing batch-independent (a text
+    encodes the same alone or in any batch) while keeping the expert-choice balance inside every
+    text; there is no causal leak to worry about, as the encoder is bidirectional anyway.
+
+    ``cu_seqlens`` (int ``[B + 1]``, the flash-attn offsets of the unpadded tokens) gives the
+    sequence boundaries; without it the ``T`` tokens are one sequence.
     """
 
     kind = "expert_choice"
@@ -255,19 +312,33 @@ class ExpertChoiceRouter:
         self.capacity_factor = capacity_factor
 
     def capacity(self, num_tokens: int) -> int:
+        """Capacity of one sequence of ``num_tokens`` tokens."""
         return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor)
 
-    def __call__(self, logits: Tensor, selection_bias: Tensor | None = None) -> Routing:
+    def capacities(self, lengths: Tensor) -> Tensor:
+        """int64 [B]: the capacity of every sequence."""
+        return sequence_capacities(lengths, self.num_experts, self.top_k, self.capacity_factor)
+
+    def __call__(
+        self, logits: Tensor, selection_bias: Tensor | None = None, cu_seqlens: Tensor | None = None
+    ) -> Routing:
         if selection_bias is not None:
             raise ValueError("expert-choice routing is balanced by construction and takes no selection_bias")
         logits = logits.float()
         probs = logits.softmax(dim=-1)
         num_tokens, num_experts = probs.shape
-        capacity = self.capacity(num_tokens)
-        # [E, C]: row e lists expert e's tokens, so the flattened list is already expert-major.
-        gates, tokens = torch.topk(probs.t(), capacity, dim=-1)
-        token_index = tokens.reshape(-1)
         device = logits.device
+        if cu_seqlens is None:
+            cu_seqlens = torch.tensor([0, num_tokens], dtype=torch.int64, device=device)
+        elif cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+            raise ValueError(f"cu_seqlens must be [num_sequences + 1], got shape {tuple(cu_seqlens.shape)}")
+        cu = cu_seqlens.to(device=device, dtype=torch.int64)
+        capacities = self.capacities(cu[1:] - cu[:-1])
+        # [E, C]: row e lists expert e's tokens, so the flattened list is already expert-major.
+        tokens = expert_choice_select(probs, cu, capacities)
+        capacity = tokens.shape[1]
+        token_index = tokens.reshape(-1)
+        gates = probs.t().gather(1, tokens).reshape(-1)  # expert-major, differentiable
         expert_index = torch.arange(num_experts, device=device).repeat_interleave(capacity)
         # Token-major order: group the assignments by token (stable, so experts stay ascending).
         token_major = torch.sort(token_index, stable=True).indices
@@ -282,7 +353,7 @@ class ExpertChoiceRouter:
             expert_index=expert_index,
             token_index=token_index,
             tokens_per_expert=torch.full((num_experts,), capacity, dtype=torch.int64, device=device),
-            gates=gates.reshape(-1).index_select(0, token_major),
+            gates=gates.index_select(0, token_major),
             token_major=token_major,
             expert_major=expert_major,
             row_ptr=row_ptr,
