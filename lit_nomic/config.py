@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +39,26 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 
 class ConfigError(ValueError):
     """An impossible or unknown configuration value; the message names the field."""
+
+
+# Fields that only steer training or the kernels, never what a saved model computes: a saved
+# config.json may omit them (they take their defaults). Every other field changes the embeddings, so
+# a saved config.json must spell it out: a missing ``pooling`` silently falling back to "mean" changed
+# embeddings by up to 0.18 (issue 9).
+RUNTIME_FIELDS = frozenset(
+    {
+        "hidden_dropout",
+        "attention_dropout",
+        "attention_backend",
+        "moe_backend",
+        "initializer_range",
+        "router_init_std",
+        "router_jitter",
+        "aux_loss_coef",
+        "z_loss_coef",
+        "loss_free_update_rate",
+    }
+)
 
 
 @dataclass
@@ -138,6 +161,10 @@ class EncoderConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
+        for f in fields(self):
+            problem = _type_problem(getattr(self, f.name), _field_types()[f.name])
+            if problem is not None:
+                raise ConfigError(f"{f.name} must be {problem}, got {getattr(self, f.name)!r}")
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -196,19 +223,43 @@ class EncoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> EncoderConfig:
+        """The config of a saved model: every field that changes the model must be present.
+
+        Only :data:`RUNTIME_FIELDS` may be omitted; presets and ``overrides`` go through
+        :func:`preset` instead, where unspecified fields take their defaults. ``source`` (the file
+        the dict came from) prefixes every error message.
+        """
+        where = f"{source}: " if source is not None else ""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}an EncoderConfig must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown EncoderConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**copy.deepcopy(data))
+            raise ConfigError(
+                f"{where}unknown EncoderConfig field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        missing = sorted(known - RUNTIME_FIELDS - set(data))
+        if missing:
+            raise ConfigError(
+                f"{where}saved config is missing field(s) {missing}; they change the model, so they "
+                "are never defaulted: add them (EncoderConfig.save writes every field)"
+            )
+        try:
+            return cls(**copy.deepcopy(data))
+        except ConfigError as err:
+            raise ConfigError(f"{where}{err}") from None
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> EncoderConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+        return cls.from_dict(data, source=path)
 
     def replace(self, **changes: Any) -> EncoderConfig:
         """A validated copy with some fields changed (the ablation primitive)."""
@@ -217,6 +268,40 @@ class EncoderConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> EncoderConfig:
         return preset(name, **overrides)
+
+
+@cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(EncoderConfig)
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """None when ``value`` fits the annotation ``hint``, else the expected type in words."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        problems = [_type_problem(value, h) for h in options if h is not type(None)]
+        if any(p is None for p in problems):
+            return None
+        return " or ".join(problems) + (" or null" if type(None) in options else "")
+    if origin is Literal:
+        return None if isinstance(value, str) else "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list) and all(_type_problem(v, item) is None for v in value):
+            return None
+        return f"a list of {str(_type_problem(object(), item)).split(' ', 1)[1]}s"
+    if hint is bool:
+        return None if isinstance(value, bool) else "a bool (true/false)"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an int"
+    if hint is float:
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a float"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    return None
 
 
 # ---------------------------------------------------------------------- presets

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from lit_nomic.config import ConfigError, EncoderConfig, preset, preset_names
+from lit_nomic.config import RUNTIME_FIELDS, ConfigError, EncoderConfig, preset, preset_names
 
 
 def test_nomic_v2_preset_layout() -> None:
@@ -74,3 +76,62 @@ def test_unknown_preset_and_field() -> None:
         preset("tiny-moe", hidden_dim=12)
     with pytest.raises(ConfigError, match="hidden_dim"):
         EncoderConfig.from_dict({"hidden_dim": 12})
+
+
+# ----------------------------------------------------------------------------- saved configs (issue 9)
+def test_saved_config_must_spell_out_every_field_that_changes_the_model(tmp_path) -> None:
+    saved = preset("tiny-moe", pooling="cls", router="sigmoid", top_k=1).to_dict()
+    for name in ("pooling", "router", "top_k"):
+        partial = {k: v for k, v in saved.items() if k != name}
+        path = tmp_path / f"no-{name}.json"
+        path.write_text(json.dumps(partial))
+        with pytest.raises(ConfigError, match=rf"{path}: .*missing field\(s\) \['{name}'\]"):
+            EncoderConfig.load(path)
+        with pytest.raises(ConfigError, match=name):
+            EncoderConfig.from_dict(partial)
+
+
+def test_saved_config_may_omit_training_only_fields(tmp_path) -> None:
+    saved = preset("tiny-moe").to_dict()
+    for name in RUNTIME_FIELDS:
+        saved.pop(name)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    assert EncoderConfig.load(path) == preset(
+        "tiny-moe", **{n: getattr(EncoderConfig(), n) for n in RUNTIME_FIELDS}
+    )
+
+
+def test_presets_and_overrides_still_default_what_they_do_not_name() -> None:
+    assert preset("tiny-moe", num_experts=8).pooling == "mean"
+    assert EncoderConfig(hidden_size=32, num_heads=4).router == "softmax"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_experts": "4"}, "num_experts must be an int, got '4'"),
+        ({"num_experts": "eight"}, "num_experts must be an int, got 'eight'"),
+        ({"top_k": True}, "top_k must be an int, got True"),
+        ({"router_renormalize": "yes"}, "router_renormalize must be a bool"),
+        ({"hidden_dropout": "0.1"}, "hidden_dropout must be a float"),
+        ({"moe_layers": "1"}, "moe_layers must be a list of ints or null"),
+        ({"matryoshka_dims": [64, "32"]}, "matryoshka_dims must be a list of ints"),
+        ({"router": 3}, "router must be one of softmax, sigmoid, expert_choice"),
+    ],
+)
+def test_wrong_types_name_the_field_and_the_expected_type(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        preset("tiny-moe", **overrides)
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+
+
+def test_wrong_type_in_a_saved_config_names_the_file(tmp_path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**preset("tiny-moe").to_dict(), "num_experts": "4"}))
+    with pytest.raises(ConfigError, match=rf"^{path}: num_experts must be an int, got '4'$"):
+        EncoderConfig.load(path)
+
+
+def test_ints_are_accepted_where_floats_are_expected() -> None:
+    assert preset("tiny-moe", rope_base=10000, router_jitter=0).rope_base == 10000
