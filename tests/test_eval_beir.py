@@ -38,8 +38,9 @@ QRELS = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\t3\t2\nq2\td2\t0\n"
 def test_small_folder_roundtrip(tmp_path: Path) -> None:
     ds = load_beir(_write_beir(tmp_path, CORPUS, QUERIES, QRELS))
     assert ds.doc_ids == ["d1", "d2", "3"]
-    assert ds.query_ids == ["q1", "q2"]  # q3 has no judgments in this split
-    assert ds.qrels == {"q1": {"d1": 1, "3": 2}, "q2": {"d2": 0}}
+    assert ds.query_ids == ["q1"]  # q3 has no judgments in this split, q2 only a 0 judgment
+    assert ds.qrels == {"q1": {"d1": 1, "3": 2}}
+    assert ds.queries_without_positive == ("q2",)
     assert ds.num_relevant == 2
     assert beir_splits(tmp_path) == ["test"]
     assert not ds.ignore_identical_ids
@@ -114,12 +115,45 @@ def test_document_text_matches_mteb() -> None:
             "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t2\n",
             r"test\.tsv:3: .* judged 2 here but 1 at line 2",
         ),
+        (
+            [{"_id": "d1", "text": "x"}, {"_id": "d2", "title": " ", "text": "  "}],
+            QUERIES,
+            QRELS,
+            r"corpus\.jsonl:2: document 'd2' has empty 'title' and 'text'",
+        ),
+        (
+            CORPUS,
+            [{"_id": "q1", "text": "first"}, {"_id": "q2", "text": " "}],
+            "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n",
+            r"queries\.jsonl:2: query 'q2' has an empty 'text'",
+        ),
+        (
+            CORPUS,
+            QUERIES,
+            "query-id\tcorpus-id\tscore\nq1\td1\t0\nq2\td2\t0\n",
+            r"test\.tsv: none of the 2 judged queries has a relevant document \(score > 0\)",
+        ),
     ],
 )
 def test_errors_name_file_line_and_id(tmp_path: Path, corpus, queries, qrels, message: str) -> None:  # noqa: ANN001
     folder = _write_beir(tmp_path, corpus, queries, qrels)
     with pytest.raises(ValueError, match=message):
         load_beir(folder)
+
+
+def test_empty_query_outside_the_split_is_ignored(tmp_path: Path) -> None:
+    # like the training reader, only the queries a split judges must have text
+    queries = [*QUERIES, {"_id": "q4", "text": ""}]
+    assert load_beir(_write_beir(tmp_path, CORPUS, queries, QRELS)).query_ids == ["q1"]
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    folder = _write_beir(tmp_path, CORPUS, QUERIES, QRELS)
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        path = folder / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    ds = load_beir(folder)
+    assert ds.doc_ids == ["d1", "d2", "3"] and ds.query_ids == ["q1"]
 
 
 def test_missing_split_lists_available(tmp_path: Path) -> None:

@@ -51,7 +51,11 @@ def test_result_roundtrip_and_provenance(tmp_path: Path) -> None:
     r = _result("nomic-moe", "scifact", 0.7012, dim=256)
     path = write_result(tmp_path, r)
     assert path == result_path(tmp_path, r)
-    assert path.relative_to(tmp_path).as_posix() == "nomic-moe-hash-nomic-m/scifact/test_d256.json"
+    assert len(r["result_id"]) == 12
+    assert (
+        path.relative_to(tmp_path).as_posix()
+        == f"nomic-moe-hash-nomic-m/scifact/test_d256-{r['result_id']}.json"
+    )
     loaded = load_result(path)
     for key in (
         "model_name",
@@ -93,7 +97,7 @@ def test_result_validation_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad\.json: missing field 'model_hash'"):
         load_result(bad)
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match=r"bad\.json: malformed JSON"):
+    with pytest.raises(ValueError, match=r"bad\.json:1: malformed JSON"):
         load_results(tmp_path)
 
 

@@ -175,6 +175,7 @@ def test_evaluate_retrieval_prefixes_and_identical_ids() -> None:
         "num_documents": 4,
         "num_evaluated_queries": 2,
         "num_relevant": 2,
+        "num_queries_without_positive": 0,
         "embedding_dim": 256,
     }
 

@@ -20,6 +20,7 @@ import torch
 
 from lit_nomic.evaluation.cache import EmbeddingCache, encode_texts
 from lit_nomic.evaluation.embeddings import truncate_normalize
+from lit_nomic.evaluation.files import read_text
 from lit_nomic.evaluation.protocol import TextEncoder
 
 _PAIR_RE = re.compile(r"^tatoeba\.([a-z]{3})-eng\.([a-z]{3})$")
@@ -52,7 +53,7 @@ def tatoeba_languages(root: str | os.PathLike) -> list[str]:
 def _read_lines(path: Path) -> list[str]:
     # split on "\n" only: str.splitlines() would also break on U+2028, U+0085 etc. found in
     # real sentences and silently misalign the two sides
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

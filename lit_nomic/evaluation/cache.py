@@ -1,6 +1,7 @@
 """Embedding cache so that re-scoring (new metrics, Matryoshka dims, tables) never re-encodes.
 
-Entries are content-addressed: the key is ``(model hash, prefix, sha256 of the exact texts)``, and
+Entries are content-addressed: the key is ``(model hash, prefix, max length, sha256 of the exact
+texts)`` (the token limit changes the vectors of long texts), and
 the file name also shows dataset, split, role and the stored dim for browsing. Keying on the text
 content (rather than trusting a dataset name) is what makes the cache safe: a subsampled corpus
 or an edited dataset gets a new key instead of stale vectors, while identical inputs are shared
@@ -25,7 +26,7 @@ import torch
 
 from lit_nomic.evaluation.embeddings import check_embeddings
 from lit_nomic.evaluation.files import atomic_write
-from lit_nomic.evaluation.protocol import TextEncoder
+from lit_nomic.evaluation.protocol import TextEncoder, encoder_max_length
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _slug(value: str) -> str:
 
 @dataclass(frozen=True)
 class CacheKey:
-    """Dataset, split and role only label the file; identity is model, prefix and content."""
+    """Dataset, split and role only label the file; identity is model, prefix, max length and content."""
 
     model_hash: str
     dataset: str
@@ -53,9 +54,12 @@ class CacheKey:
     role: str
     prefix: str
     texts_sha: str
+    max_length: int | None = None
 
     def digest(self) -> str:
-        payload = json.dumps([self.model_hash, self.prefix, self.texts_sha], ensure_ascii=False)
+        payload = json.dumps(
+            [self.model_hash, self.prefix, self.max_length, self.texts_sha], ensure_ascii=False
+        )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def filename(self, dim: int) -> str:
@@ -126,7 +130,9 @@ def encode_texts(
     if cache is not None:
         if model_hash is None:
             raise ValueError("encode_texts: a cache needs the model_hash to key on")
-        key = CacheKey(model_hash, dataset, split, role, prefix, texts_sha256(texts))
+        key = CacheKey(
+            model_hash, dataset, split, role, prefix, texts_sha256(texts), encoder_max_length(encoder)
+        )
         cached = cache.get(key, len(texts))
         if cached is not None:
             return cached

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lit_nomic.evaluation.files import field_str, iter_jsonl, open_text
+from lit_nomic.evaluation.files import field_str, iter_jsonl, iter_lines
 from lit_nomic.evaluation.retrieval_data import Document, RetrievalDataset
 
 
@@ -80,43 +80,39 @@ def miracl_languages(root: str | os.PathLike) -> list[str]:
 
 def load_topics(path: Path) -> dict[str, str]:
     topics: dict[str, str] = {}
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{lineno}: expected 'qid<TAB>query', got {len(parts)} fields")
-            qid, text = parts[0].strip(), parts[1]
-            if qid in topics:
-                raise ValueError(f"{path}:{lineno}: duplicate query id {qid!r}")
-            topics[qid] = text
+    for lineno, line in iter_lines(path):
+        line = line.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{lineno}: expected 'qid<TAB>query', got {len(parts)} fields")
+        qid, text = parts[0].strip(), parts[1]
+        if qid in topics:
+            raise ValueError(f"{path}:{lineno}: duplicate query id {qid!r}")
+        topics[qid] = text
     return topics
 
 
 def load_trec_qrels(path: Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 4:
-                raise ValueError(f"{path}:{lineno}: expected 'qid Q0 docid rel', got {len(parts)} fields")
-            qid, _, doc_id, raw = parts
-            try:
-                rel = int(raw)
-            except ValueError:
-                raise ValueError(
-                    f"{path}:{lineno}: relevance {raw!r} of query {qid!r}, doc {doc_id!r} is not an integer"
-                ) from None
-            prev = qrels.get(qid, {}).get(doc_id)
-            if prev is not None and prev != rel:
-                raise ValueError(
-                    f"{path}:{lineno}: query {qid!r}, doc {doc_id!r} judged both {prev} and {rel}"
-                )
-            qrels.setdefault(qid, {})[doc_id] = rel
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 4:
+            raise ValueError(f"{path}:{lineno}: expected 'qid Q0 docid rel', got {len(parts)} fields")
+        qid, _, doc_id, raw = parts
+        try:
+            rel = int(raw)
+        except ValueError:
+            raise ValueError(
+                f"{path}:{lineno}: relevance {raw!r} of query {qid!r}, doc {doc_id!r} is not an integer"
+            ) from None
+        prev = qrels.get(qid, {}).get(doc_id)
+        if prev is not None and prev != rel:
+            raise ValueError(f"{path}:{lineno}: query {qid!r}, doc {doc_id!r} judged both {prev} and {rel}")
+        qrels.setdefault(qid, {})[doc_id] = rel
     return qrels
 
 

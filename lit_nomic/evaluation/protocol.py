@@ -61,6 +61,19 @@ def task_prefix(encoder: TextEncoder, task_type: str) -> str:
     return ""
 
 
+def encoder_max_length(encoder: object) -> int | None:
+    """The token limit the encoder truncates inputs to (``max_seq_length``), or None if unknown.
+
+    It changes the embeddings of long texts, so result identity and the embedding cache key on it.
+    Looked up on the encoder, then on a wrapped ``model`` (sentence-transformers).
+    """
+    for holder in (encoder, getattr(encoder, "model", None)):
+        value = getattr(holder, "max_seq_length", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def module_hash(module: torch.nn.Module, extra: str = "") -> str:
     """SHA-256 of a module's state dict (names, dtypes, shapes and raw bytes) plus ``extra``.
 

@@ -190,6 +190,7 @@ def evaluate_retrieval(
         "num_documents": len(doc_ids),
         "num_evaluated_queries": evaluation.num_queries,
         "num_relevant": dataset.num_relevant,
+        "num_queries_without_positive": len(dataset.queries_without_positive),
         "embedding_dim": int(doc_emb.shape[1]),
     }
     timings = {

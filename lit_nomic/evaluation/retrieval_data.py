@@ -32,7 +32,8 @@ class RetrievalDataset:
 
     ``queries`` holds only queries that appear in the split's qrels, in file order.
     ``ignore_identical_ids`` marks tasks (ArguAna, Quora) where a query is also a corpus document
-    and must not be retrieved as its own answer.
+    and must not be retrieved as its own answer. ``queries_without_positive`` lists judged queries
+    that the loader excluded because none of their judgments is relevant (score > 0).
     """
 
     name: str
@@ -44,6 +45,7 @@ class RetrievalDataset:
     ignore_identical_ids: bool = False
     source: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    queries_without_positive: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.corpus:

@@ -1,13 +1,15 @@
 """The single entry point the CLI (``lit-nomic eval``) and training callbacks call.
 
 ``evaluate`` resolves the data argument, runs every task with one shared embedding cache, writes
-one result JSON per (dataset, split, language, dim) and returns the records.
+one result JSON per setting (see ``results.IDENTITY_FIELDS``: dataset, split, language, dim,
+prefixes, max length, search settings ...) and returns the records.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from lit_nomic.evaluation.beir import load_beir
 from lit_nomic.evaluation.bitext import evaluate_bitext, load_tatoeba, tatoeba_languages
 from lit_nomic.evaluation.cache import EmbeddingCache
 from lit_nomic.evaluation.miracl import is_miracl_language_folder, load_miracl, miracl_languages
-from lit_nomic.evaluation.protocol import TextEncoder, encoder_fingerprint, task_prefix
+from lit_nomic.evaluation.protocol import TextEncoder, encoder_fingerprint, encoder_max_length, task_prefix
 from lit_nomic.evaluation.results import build_result, write_result
 from lit_nomic.evaluation.retrieval import SearchBackend, SearchConfig, evaluate_retrieval
 from lit_nomic.evaluation.retrieval_data import RetrievalDataset, subsample
@@ -121,6 +123,7 @@ def evaluate(
     root = default_data_root(data_root)
     cache = EmbeddingCache(cache_dir)
     model_hash = encoder_fingerprint(encoder)
+    max_length = encoder_max_length(encoder)
     q_prefix = encoder.query_prefix if query_prefix is None else query_prefix
     d_prefix = encoder.document_prefix if document_prefix is None else document_prefix
     search_config = SearchConfig(top_k=top_k, backend=search_backend)
@@ -155,6 +158,23 @@ def evaluate(
                     model_hash=model_hash,
                     show_progress=show_progress,
                 )
+                settings: dict[str, Any] = {
+                    "search_backend": search_backend,
+                    "top_k": top_k,
+                    "ignore_identical_ids": ds.ignore_identical_ids,
+                }
+                if "subsample" in ds.extra:
+                    settings["subsample"] = ds.extra["subsample"]
+                excluded = list(ds.queries_without_positive)
+                if excluded:
+                    print(
+                        f"note: {ds.name}/{ds.split}{'/' + ds.language if ds.language else ''}: "
+                        f"{len(excluded)} judged "
+                        f"quer{'y' if len(excluded) == 1 else 'ies'} without a relevant document (all "
+                        f"qrels 0) excluded from the evaluation (first: {excluded[0]!r}); "
+                        f"{out.counts['num_evaluated_queries']} evaluated",
+                        file=sys.stderr,
+                    )
                 emit(
                     build_result(
                         model_name=encoder.name,
@@ -167,6 +187,10 @@ def evaluate(
                         query_prefix=q_prefix,
                         document_prefix=d_prefix,
                         matryoshka_dim=matryoshka_dim,
+                        max_length=max_length,
+                        settings=settings,
+                        per_query=out.evaluation.per_query,
+                        excluded_queries={"no_positive_qrels": excluded} if excluded else None,
                         eval_time_s=time.perf_counter() - t0,
                         counts=out.counts,
                         timings=out.timings,
@@ -207,6 +231,7 @@ def evaluate(
                         metrics=metrics,
                         prefix=prefix,
                         matryoshka_dim=matryoshka_dim,
+                        max_length=max_length,
                         eval_time_s=time.perf_counter() - t0,
                         counts=counts,
                         timings=timings,

@@ -20,6 +20,7 @@ import torch
 
 from lit_nomic.evaluation.cache import EmbeddingCache, encode_texts
 from lit_nomic.evaluation.embeddings import truncate_normalize
+from lit_nomic.evaluation.files import iter_lines
 from lit_nomic.evaluation.protocol import TextEncoder
 
 _FILE_RE = re.compile(r"^stsb-([a-z]{2,3})-(train|dev|test)\.csv$")
@@ -56,25 +57,22 @@ def load_stsb_multi_mt(root: str | os.PathLike, language: str, split: str = "tes
     s1: list[str] = []
     s2: list[str] = []
     scores: list[float] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        for row in reader:
-            lineno = reader.line_num
-            if not row:
-                continue
-            if len(row) != 3:
-                raise ValueError(
-                    f"{path}:{lineno}: expected 'sentence1,sentence2,score', got {len(row)} fields"
-                )
-            try:
-                score = float(row[2])
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
-            if not math.isfinite(score):
-                raise ValueError(f"{path}:{lineno}: score {row[2]!r} is not finite")
-            s1.append(row[0])
-            s2.append(row[1])
-            scores.append(score)
+    reader = csv.reader(line for _, line in iter_lines(path))
+    for row in reader:
+        lineno = reader.line_num
+        if not row:
+            continue
+        if len(row) != 3:
+            raise ValueError(f"{path}:{lineno}: expected 'sentence1,sentence2,score', got {len(row)} fields")
+        try:
+            score = float(row[2])
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
+        if not math.isfinite(score):
+            raise ValueError(f"{path}:{lineno}: score {row[2]!r} is not finite")
+        s1.append(row[0])
+        s2.append(row[1])
+        scores.append(score)
     if len(scores) < 2:
         raise ValueError(f"{path}: need at least 2 pairs for a correlation, found {len(scores)}")
     return STSPairs("stsb_multi_mt", language, split, s1, s2, np.asarray(scores, dtype=np.float64), str(path))

@@ -16,6 +16,7 @@ import yaml
 
 from lit_nomic.evaluation.beir import is_beir_folder
 from lit_nomic.evaluation.bitext import is_tatoeba_folder
+from lit_nomic.evaluation.files import read_text
 from lit_nomic.evaluation.miracl import is_miracl_language_folder
 from lit_nomic.evaluation.sts import is_stsb_folder
 from lit_nomic.evaluation.xquad_r import is_xquad_r_folder
@@ -114,7 +115,7 @@ def _spec(
 
 def _from_yaml(path: Path, split: str, languages: Sequence[str] | None, root: Path | None) -> list[TaskSpec]:
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML ({e})") from None
     if isinstance(doc, list):

@@ -6,6 +6,11 @@ times 100. Multilingual datasets are averaged over their languages (MIRACL-style
 ``per_language`` asks for one column per language. The row average is only shown for complete
 rows, because an average over a different subset of tasks is not comparable. Every file ends with
 the command that regenerates it, so a table in a paper draft can always be rebuilt.
+
+No result is dropped silently: identical re-runs (same ``result_id``) keep the newest with a note,
+and results that share a row name but differ in identity (every ablation of one YAML shares its
+model name) get distinct rows labelled by what differs, e.g. ``moe [#1a2b3c4d]`` or
+``moe [max_length=128]``; if the label still cannot tell them apart the table is an error.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_nomic.evaluation.files import atomic_write_text
-from lit_nomic.evaluation.results import MAIN_METRIC
+from lit_nomic.evaluation.results import MAIN_METRIC, compute_result_id
 
 AVERAGE = "Average"
 
@@ -37,6 +42,7 @@ class Table:
     columns: list[str]
     values: dict[tuple[str, str], float] = field(default_factory=dict)
     metric_of_column: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def get(self, row: str, column: str) -> float | None:
         return self.values.get((row, column))
@@ -44,6 +50,102 @@ class Table:
     def best(self, column: str) -> float | None:
         present = [v for r in self.rows if (v := self.get(r, column)) is not None]
         return max(present) if present else None
+
+
+# fields that may tell two results of one row name apart, in label order (then ``settings`` keys)
+VARIANT_FIELDS: tuple[str, ...] = (
+    "model_hash",
+    "split",
+    "max_length",
+    "query_prefix",
+    "document_prefix",
+    "prefix",
+)
+
+
+def _result_id(r: Mapping[str, Any]) -> str:
+    return str(r.get("result_id") or compute_result_id(r))
+
+
+def _variant_values(r: Mapping[str, Any]) -> dict[str, Any]:
+    """The applicable (non-null) variant fields of one result, settings prefixed by ``settings.``."""
+    out = {f: r.get(f) for f in VARIANT_FIELDS if r.get(f) is not None}
+    for key, value in sorted(dict(r.get("settings") or {}).items()):
+        if value is not None:
+            out[f"settings.{key}"] = value
+    return out
+
+
+def _describe(name: str, value: Any) -> str:
+    if name == "model_hash":
+        return f"#{str(value)[:8]}"
+    name = name.removeprefix("settings.")
+    return f"{name}={value!r}" if isinstance(value, str) and name.endswith("prefix") else f"{name}={value}"
+
+
+def _where(r: Mapping[str, Any]) -> str:
+    return str(r.get("_path") or f"result {_result_id(r)}")
+
+
+def distinct_rows(
+    results: Sequence[Mapping[str, Any]], row_key: Callable[[Mapping[str, Any]], str]
+) -> tuple[dict[tuple[str, str, str], Mapping[str, Any]], list[str]]:
+    """``(row, dataset, language) -> result`` with identical re-runs deduplicated and differing
+    results of one row name given distinct labels; plus the notes to print about both."""
+    notes: list[str] = []
+    newest: dict[str, Mapping[str, Any]] = {}
+    dropped: dict[str, list[Mapping[str, Any]]] = {}
+    for r in results:
+        rid = _result_id(r)
+        if rid not in newest:
+            newest[rid] = r
+            continue
+        old, new = (newest[rid], r) if str(r["date"]) >= str(newest[rid]["date"]) else (r, newest[rid])
+        newest[rid] = new
+        dropped.setdefault(rid, []).append(old)
+    for rid, olds in dropped.items():
+        kept = newest[rid]
+        notes.append(
+            f"note: {len(olds)} identical re-run(s) of {row_key(kept)} on {kept['dataset']}"
+            f"{'/' + str(kept['language']) if kept.get('language') else ''} (result_id {rid}): kept the "
+            f"newest ({_where(kept)}, {kept['date']}), ignored {', '.join(_where(o) for o in olds)}"
+        )
+    by_base: dict[str, list[Mapping[str, Any]]] = {}
+    for r in newest.values():
+        by_base.setdefault(row_key(r), []).append(r)
+    cells: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for base, group in by_base.items():
+        seen_cells: dict[tuple[str, str], int] = {}
+        for r in group:
+            cell = (str(r["dataset"]), str(r.get("language") or ""))
+            seen_cells[cell] = seen_cells.get(cell, 0) + 1
+        labels = {id(r): base for r in group}
+        if any(n > 1 for n in seen_cells.values()):
+            values = [_variant_values(r) for r in group]
+            names = {n for v in values for n in v}
+            varying = [
+                n
+                for n in [*VARIANT_FIELDS, *sorted(n for n in names if n.startswith("settings."))]
+                if len({repr(v[n]) for v in values if n in v}) > 1
+            ]
+            for r, v in zip(group, values, strict=True):
+                parts = [_describe(n, v[n]) for n in varying if n in v]
+                labels[id(r)] = f"{base} [{', '.join(parts)}]" if parts else base
+            notes.append(
+                f"note: results named {base!r} differ in {', '.join(n.removeprefix('settings.') for n in varying) or 'identity'}; "
+                f"shown as separate rows: {sorted(set(labels.values()))}"
+            )
+        for r in group:
+            key = (labels[id(r)], str(r["dataset"]), str(r.get("language") or ""))
+            cells.setdefault(key, []).append(r)
+    for (row, dataset, language), rs in cells.items():
+        if len(rs) > 1:
+            raise ValueError(
+                f"row {row!r}, {dataset}{'/' + language if language else ''}: {len(rs)} different results "
+                f"({', '.join(_where(r) for r in rs)}) cannot be told apart by the row label; "
+                "give the runs distinct names (lit-nomic eval --name) or table them separately"
+            )
+    return {key: rs[0] for key, rs in cells.items()}, notes
 
 
 def build_table(
@@ -56,15 +158,12 @@ def build_table(
 ) -> Table:
     """Collect results into a table; ``metric`` overrides the main metric per task type.
 
-    When several results share a (row, dataset, language) cell the newest (by ``date``) wins, so a
-    re-run replaces an old number instead of being averaged with it.
+    Identical re-runs (same ``result_id``) keep the newest (by ``date``), so a re-run replaces an
+    old number instead of being averaged with it; different results sharing a row name become
+    separate, labelled rows (see the module docstring). ``Table.notes`` says what was done.
     """
     chosen = {**MAIN_METRIC, **(metric or {})}
-    latest: dict[tuple[str, str, str], Mapping[str, Any]] = {}
-    for r in results:
-        key = (row_key(r), str(r["dataset"]), str(r.get("language") or ""))
-        if key not in latest or str(r["date"]) >= str(latest[key]["date"]):
-            latest[key] = r
+    latest, notes = distinct_rows(results, row_key)
     rows: list[str] = []
     cells: dict[tuple[str, str], list[float]] = {}
     metric_of_column: dict[str, str] = {}
@@ -108,6 +207,7 @@ def build_table(
         columns=[*columns, AVERAGE] if columns else [],
         values=values,
         metric_of_column=metric_of_column,
+        notes=notes,
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lit_nomic.evaluation.files import read_text
 from lit_nomic.evaluation.retrieval_data import Document, RetrievalDataset
 
 XQUAD_R_LANGUAGES: tuple[str, ...] = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
@@ -65,7 +66,7 @@ def load_language(root: str | os.PathLike, language: str) -> XQuADRLanguage:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no XQuAD-R file for language {language!r}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
