@@ -121,7 +121,11 @@ def evaluate(
 ) -> list[dict]:
     """Evaluate a model on retrieval (BEIR, MIRACL, XQuAD-R), STS or bitext data; print the table.
 
-    Writes one JSON per dataset, split and language into ``output`` (the input of ``lit-nomic table``).
+    Writes one JSON per dataset, split, language and setting into ``output`` (the input of
+    ``lit-nomic table``); the file name ends in a short hash of every score-changing setting
+    (prefixes, ``max_length``, dim, search ...), so different settings never overwrite each other.
+    Bad input (a missing folder, a malformed line, a truncated ``.gz``) ends with one line naming the
+    file and line.
 
     Args:
         model: our saved folder, a training checkpoint (.ckpt), a Hugging Face / sentence-transformers
@@ -141,29 +145,37 @@ def evaluate(
         data_root: the data root (default ``$LIT_NOMIC_DATA``).
         name: model name in the result files and tables (default: the model's own).
     """
+    import csv
+
     from lit_nomic.evaluation.run import evaluate as run_evaluation
     from lit_nomic.evaluation.run import format_table
 
+    if max_length is not None and max_length < 1:
+        raise SystemExit(f"lit-nomic eval: error: --max_length must be positive, got {max_length}")
     embedder = load_any_model(model)
     if name:
         embedder.name = name
     if max_length:
-        embedder.max_seq_length = max_length
-    results = run_evaluation(
-        embedder,
-        data,
-        split=split,
-        output_dir=output,
-        matryoshka_dim=matryoshka_dim,
-        query_prefix=query_prefix,
-        document_prefix=document_prefix,
-        batch_size=batch_size,
-        cache_dir=cache_dir,
-        languages=languages,
-        data_root=data_root,
-        search_backend=search,
-        show_progress=True,
-    )
+        embedder.max_seq_length = max_length  # recorded in each result (max_length) and cache key
+    try:
+        results = run_evaluation(
+            embedder,
+            data,
+            split=split,
+            output_dir=output,
+            matryoshka_dim=matryoshka_dim,
+            query_prefix=query_prefix,
+            document_prefix=document_prefix,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            languages=languages,
+            data_root=data_root,
+            search_backend=search,
+            show_progress=True,
+        )
+    except (ValueError, OSError, EOFError, csv.Error) as err:  # loaders name the file and line
+        print(f"lit-nomic eval: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
     print(format_table(results))
     return results
 
@@ -178,7 +190,10 @@ def table(
     """Collect result JSONs into Markdown, CSV and LaTeX tables plus PNG charts.
 
     Rows are models, columns datasets plus the average, best per column in bold. Every table
-    records the command that regenerates it.
+    records the command that regenerates it. Identical re-runs keep the newest (with a note);
+    different models or settings sharing a name get separate rows labelled by what differs (e.g.
+    ``name [#model-hash]``, ``name [max_length=128]``). A bad results folder or file ends with
+    one line naming it.
 
     Args:
         results: folder of result JSONs written by ``lit-nomic eval`` (searched recursively).
@@ -193,7 +208,13 @@ def table(
     cmd = command or "lit-nomic " + " ".join(
         sys.argv[1:] if sys.argv[1:2] == ["table"] else ["table", results]
     )
-    paths = write_report(results, output, command=cmd, metric=metric, stem=stem)
+    try:
+        paths = write_report(
+            results, output, command=cmd, metric=metric, stem=stem, note=lambda m: print(m, file=sys.stderr)
+        )
+    except (ValueError, OSError) as err:  # messages name the file (and line) or field
+        print(f"lit-nomic table: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return {k: str(v) for k, v in paths.items()}
