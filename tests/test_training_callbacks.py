@@ -216,3 +216,32 @@ def test_probe_of_scifact_with_minilm(shared_data: Path, scifact_dir: Path, mini
     assert relevant <= set(probe.corpus)
     ndcg = evaluate_retrieval(embedder, probe, batch_size=32).metrics["ndcg@10"]
     assert 0.8 < ndcg <= 1.0  # 0.95 observed (8 queries, 40 documents)
+
+
+# ----------------------------------------------------------------------------- unset paths: the run folder
+def test_unset_output_folders_land_under_the_trainer_root(tmp_path: Path) -> None:
+    pairs = common.write_toy_pairs(tmp_path / "pairs.jsonl", count=32)
+    beir = common.write_toy_beir(tmp_path / "toybeir", pairs, docs=20, queries=8)
+    quiet = RetrievalEval(data=str(beir), max_corpus=20, save_results=False)
+    run = tmp_path / "run"
+    trainer = L.Trainer(
+        max_steps=1,
+        callbacks=[ExportModel(), RetrievalEval(data=str(beir), max_corpus=20), quiet],
+        **common.quiet_trainer_kwargs(run),
+    )
+    trainer.fit(
+        common.make_module(common.tiny_moe_spec()), datamodule=common.make_datamodule(pairs, batch_size=8)
+    )
+    assert (run / "model" / "config.json").is_file()
+    assert len(load_results(run / "eval")) == 1  # the quiet one logged its metrics but wrote nothing
+    assert quiet.last_metrics and sorted(p.name for p in run.iterdir()) == ["checkpoints", "eval", "model"]
+
+
+def test_progress_bar_description_has_no_negative_epoch_count() -> None:
+    from types import SimpleNamespace
+
+    from lit_nomic.training.callbacks import StepRichProgressBar, _train_description, step_progress_bar
+
+    assert _train_description(SimpleNamespace(max_epochs=-1), 0) == "Epoch 0"  # type: ignore[arg-type]
+    assert _train_description(SimpleNamespace(max_epochs=3), 1) == "Epoch 1/2"  # type: ignore[arg-type]
+    assert isinstance(step_progress_bar(), StepRichProgressBar)

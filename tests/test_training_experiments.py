@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.cli import LightningCLI
 
 from lit_nomic.model.build import ModelSpec, target_config
 from lit_nomic.model.encoder import Encoder
-from lit_nomic.training.cli import build_cli
+from lit_nomic.training.cli import LitNomicCLI, build_cli
 from lit_nomic.training.module import ContrastiveModule
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -25,7 +24,7 @@ YAMLS = sorted(EXPERIMENTS.glob("*.yaml"))
 CPU_RECIPES = ("quickstart.yaml", "minilm-dense-finetune.yaml")
 
 
-class ParseOnlyCLI(LightningCLI):
+class ParseOnlyCLI(LitNomicCLI):
     """Parse and validate a config without instantiating anything."""
 
     def instantiate_classes(self) -> None:

@@ -1,4 +1,8 @@
-"""Callbacks: export a ``from_pretrained`` folder, and retrieval evaluation during/after training.
+"""Callbacks: export a ``from_pretrained`` folder, retrieval evaluation during/after training, and a
+progress bar that counts steps when training is bounded by ``max_steps``.
+
+Output folders left unset (None) are derived from the trainer's ``default_root_dir`` (the run folder):
+``<root>/model`` for the export and ``<root>/eval`` for fit-end results.
 
 Both need the *unsharded* model. Under FSDP2 the full state dict is gathered collectively on every
 rank, then rank 0 alone loads it into a plain copy and works on that while the others wait at a
@@ -13,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_nomic.evaluation.beir import load_beir
@@ -53,16 +59,25 @@ def _barrier(trainer: L.Trainer) -> None:
         trainer.strategy.barrier()
 
 
-class ExportModel(L.Callback):
-    """Write a ``from_pretrained`` folder (config.json, model.safetensors, tokenizer) at the end of fit."""
+def run_subdir(trainer: L.Trainer, dirpath: str | None, name: str) -> Path:
+    """``dirpath`` when given, else ``<trainer.default_root_dir>/<name>``."""
+    return Path(dirpath) if dirpath is not None else Path(trainer.default_root_dir) / name
 
-    def __init__(self, dirpath: str = "export") -> None:
+
+class ExportModel(L.Callback):
+    """Write a ``from_pretrained`` folder (config.json, model.safetensors, tokenizer) at the end of fit.
+
+    Args:
+        dirpath: the folder to write; None = ``<trainer.default_root_dir>/model``.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         embedder = unsharded_embedder(pl_module)
         if embedder is not None:
-            target = embedder.save_pretrained(Path(self.dirpath))
+            target = embedder.save_pretrained(run_subdir(trainer, self.dirpath, "model"))
             rank_zero_info(f"exported model to {target}")
         _barrier(trainer)
 
@@ -130,7 +145,8 @@ class RetrievalEval(L.Callback):
         max_queries: keep the first n judged queries.
         max_corpus: keep the relevant documents plus the first others up to this many.
         batch_size: texts per forward pass while encoding.
-        output_dir: where fit-end results go (nothing is written when None).
+        output_dir: where fit-end results go; None = ``<trainer.default_root_dir>/eval``.
+        save_results: write the fit-end results (False: only log them).
         data_root: the data root (default ``$LIT_NOMIC_DATA`` or ``../shared/data``).
     """
 
@@ -144,6 +160,7 @@ class RetrievalEval(L.Callback):
         max_corpus: int | None = None,
         batch_size: int = 64,
         output_dir: str | None = None,
+        save_results: bool = True,
         data_root: str | None = None,
     ) -> None:
         if every_n_steps < 0:
@@ -158,7 +175,9 @@ class RetrievalEval(L.Callback):
         self.max_corpus = max_corpus
         self.batch_size = batch_size
         self.output_dir = output_dir
+        self.save_results = save_results
         self.data_root = data_root
+        self._results_dir: Path | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_results: list[dict[str, Any]] = []
         self._spec: TaskSpec | None = None
@@ -196,6 +215,7 @@ class RetrievalEval(L.Callback):
         return self._resolve().name
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._results_dir = run_subdir(trainer, self.output_dir, "eval") if self.save_results else None
         # Fail before the first step, not after hours of training, when the data is missing or malformed.
         if stage == "fit" and trainer.global_rank == 0:
             if self.every_n_steps > 0 or self.limited:
@@ -238,20 +258,21 @@ class RetrievalEval(L.Callback):
         start = time.perf_counter()
         was_training = embedder.training
         try:
-            write = final and self.output_dir is not None
+            out_dir = self._results_dir
+            write = final and out_dir is not None
             if write and not self.limited:
                 results = evaluate(
                     embedder,
                     self.data,
                     split=self.split,
-                    output_dir=self.output_dir,  # type: ignore[arg-type]
+                    output_dir=str(out_dir),
                     batch_size=self.batch_size,
                     data_root=self.data_root,
                 )
             else:
                 results = [self._probe(embedder, trainer.global_step)]
                 if write:
-                    path = write_result(self.output_dir, results[0])  # type: ignore[arg-type]
+                    path = write_result(out_dir, results[0])  # type: ignore[arg-type]
                     results[0] = {**results[0], "_path": str(path)}
         finally:
             embedder.train(was_training)
@@ -265,8 +286,8 @@ class RetrievalEval(L.Callback):
         self.last_metrics = metrics
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        if final and self.output_dir is not None:
-            self._write_table(results, trainer.global_step)
+        if write:
+            self._write_table(results, trainer.global_step, out_dir)  # type: ignore[arg-type]
         summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         rank_zero_info(
             f"[{self.data} {self.split}] step {trainer.global_step}: {summary} ({time.perf_counter() - start:.1f}s)"
@@ -296,7 +317,7 @@ class RetrievalEval(L.Callback):
             },
         )
 
-    def _write_table(self, results: list[dict[str, Any]], step: int) -> Path:
+    def _write_table(self, results: list[dict[str, Any]], step: int, out_dir: Path) -> Path:
         title = f"# {self.data} ({self.split}) after {step} training steps\n\n"
         detail = [
             "",
@@ -307,7 +328,7 @@ class RetrievalEval(L.Callback):
             cells = [f"{100 * r['metrics'][m]:.2f}" if m in r["metrics"] else "–" for m in LOGGED_METRICS]
             detail.append(f"| {_result_label(r)} | " + " | ".join(cells) + " |")
         text = title + format_table(results) + "\n".join(detail) + "\n"
-        path = Path(self.output_dir) / f"{_slug(self.name)}-{_slug(self.split)}.md"  # type: ignore[arg-type]
+        path = Path(out_dir) / f"{_slug(self.name)}-{_slug(self.split)}.md"
         return atomic_write_text(path, text)
 
 
@@ -318,3 +339,28 @@ def _result_label(result: dict[str, Any]) -> str:
 
 def _slug(value: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in value) or "x"
+
+
+def _train_description(trainer: L.Trainer, current_epoch: int) -> str:
+    """``Epoch N`` (``Epoch N/M`` when max_epochs bounds the run); Lightning's own reads "Epoch 0/-2"
+    when only ``max_steps`` does (max_epochs = -1). The bar's count then shows the steps."""
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0:
+        return f"Epoch {current_epoch}"
+    return f"Epoch {current_epoch}/{max_epochs - 1}"
+
+
+class StepRichProgressBar(RichProgressBar):
+    """Lightning's rich progress bar with a description that makes sense for step-bounded runs."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = _train_description(self.trainer, current_epoch)
+        if len(self.validation_description) > len(description):
+            description = f"{description:{len(self.validation_description)}}"
+        return description
+
+
+def step_progress_bar() -> ProgressBar:
+    """The training progress bar of ``lit-nomic fit``: rich when installed, else tqdm (whose description
+    has no "/max_epochs")."""
+    return StepRichProgressBar() if _RICH_AVAILABLE else TQDMProgressBar()
