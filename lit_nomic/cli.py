@@ -24,8 +24,7 @@ PASSTHROUGH_COMMANDS = {
 
 LIGHTNING_COMMANDS = {
     "fit": "train a model: lit-nomic fit -c experiments/quickstart.yaml",
-    "validate": "run the validation loop of a config (and checkpoint) once",
-    "test": "run the test loop of a config (and checkpoint) once",
+    "validate": "run the validation loop of a config (and checkpoint) once (needs data.val_sources)",
 }
 
 
@@ -283,6 +282,13 @@ def main(argv: list[str] | None = None) -> None:
         from lit_nomic.allocator import tune_glibc_malloc
 
         tune_glibc_malloc()
+    if command == "test":  # LightningCLI's test loop: this project has none
+        print(
+            "lit-nomic test: there is no test loop; evaluate a trained model with "
+            "lit-nomic eval --model RUN_DIR/model --data DATA",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     if command in LIGHTNING_COMMANDS:
         from lit_nomic.training.cli import run_lightning_cli
 
@@ -296,11 +302,22 @@ def main(argv: list[str] | None = None) -> None:
     if command not in commands:
         print(f"lit-nomic: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         raise SystemExit(2)
-    from jsonargparse import CLI
+    import inspect
+
+    from jsonargparse import CLI, ArgumentParser
 
     func = commands[command][0]
     try:
-        CLI(func, args=rest, prog=f"lit-nomic {command}", as_positional=False)
+        if "config" in inspect.signature(func).parameters:
+            # jsonargparse's CLI drops a parameter named ``config`` (its config-file key) before the
+            # call, so ``lit-nomic info --config PATH`` arrived as config=None: parse it ourselves.
+            parser = ArgumentParser(
+                prog=f"lit-nomic {command}", description=(inspect.getdoc(func) or "").split("\n\n")[0]
+            )
+            parser.add_function_arguments(func, as_group=False)
+            func(**parser.parse_args(rest).as_dict())
+        else:
+            CLI(func, args=rest, prog=f"lit-nomic {command}", as_positional=False)
     except (ValueError, FileNotFoundError) as err:  # bad input: the message names the file/field
         print(f"lit-nomic {command}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

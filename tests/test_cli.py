@@ -20,8 +20,44 @@ from lit_nomic.model.encoder import Encoder
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     main(["--help"])
     out = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "info", "encode", "eval", "bench"):
+    for command in ("fit", "validate", "info", "encode", "eval", "bench"):
         assert f"  {command}" in out
+    assert "  test " not in out  # there is no test loop: lit-nomic eval evaluates
+
+
+def test_test_command_points_at_eval(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["test", "-c", "experiments/quickstart.yaml"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lit-nomic eval" in err
+
+
+def test_info_reads_a_saved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["info", "--preset", "tiny-moe"])
+    from_preset = json.loads(capsys.readouterr().out)
+    path = tmp_path / "config.json"
+    preset("tiny-moe").save(path)
+    main(["info", "--config", str(path), "--seq_len", "512"])
+    from_file = json.loads(capsys.readouterr().out)
+    assert from_file["config"] == str(path) and from_file["preset"] is None
+    assert {k: v for k, v in from_file.items() if k not in ("preset", "config")} == {
+        k: v for k, v in from_preset.items() if k not in ("preset", "config")
+    }
+    with pytest.raises(SystemExit, match="exactly one of --preset NAME or --config PATH"):
+        main(["info"])
+
+
+def test_info_names_the_missing_field_of_a_saved_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({k: v for k, v in preset("tiny-moe").to_dict().items() if k != "pooling"}))
+    with pytest.raises(SystemExit) as exc:
+        main(["info", "--config", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"lit-nomic info: error: {path}: " in err and "['pooling']" in err
 
 
 @pytest.mark.parametrize("command", ["info", "encode", "eval"])
