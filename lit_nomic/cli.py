@@ -68,9 +68,18 @@ def encode(
     """Embed texts into a float32 ``.npy`` matrix (one L2-normalised row per input text, in input order).
 
     Args:
-        model: our saved model folder, a Hugging Face / sentence-transformers folder, or a packaged name.
-        input: a ``.txt`` file (one text per line) or ``.jsonl`` file (the ``field`` of each object).
-        output: the ``.npy`` file to write (atomically).
+        model: a model folder (ours or Hugging Face / sentence-transformers: config.json plus
+            model.safetensors, read as JSON and safetensors; a pytorch_model.bin only as tensors),
+            a packaged name, or a training checkpoint (a .ckpt file, or a sharded folder with meta.pt
+            and .metadata) read with an allow-listing unpickler: tensors, numbers, strings and
+            lit_nomic's config classes only; any other pickled object is refused, never run. A folder
+            with config.json is always loaded as a model folder.
+        input: a ``.txt`` file (one text per line; row i of the output is line i, so an empty line
+            is an error naming file:line, as an empty text has no meaningful embedding) or a
+            ``.jsonl`` file (the ``field`` of each object; blank lines are not records); ``.gz``
+            compressed too (``.txt.gz``, ``.jsonl.gz``). Input must be UTF-8.
+        output: the ``.npy`` file to write (atomically); checked before encoding starts. Nothing is
+            written if any embedding is NaN/inf (a diverged model).
         prefix: text prepended to every input; default: the model's query or document prefix (see ``kind``).
         kind: ``query`` or ``document``: which of the model's prefixes to use when ``prefix`` is not given.
         field: the JSONL field holding the text.
@@ -82,10 +91,11 @@ def encode(
 
     import numpy as np
 
-    texts = _read_texts(Path(input), field)
-    embedder = load_any_model(model)
     if kind not in ("query", "document"):
         raise SystemExit(f"lit-nomic encode: --kind must be query or document, got {kind!r}")
+    _check_output(Path(output))  # before minutes of encoding, not after
+    texts = _read_texts(Path(input), field)
+    embedder = load_any_model(model)
     if prefix is None:
         prefix = embedder.query_prefix if kind == "query" else embedder.document_prefix
     emb = embedder.encode(
@@ -96,6 +106,13 @@ def encode(
         max_length=max_length,
         matryoshka_dim=matryoshka_dim,
     )
+    finite = emb.isfinite().all(dim=-1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise SystemExit(
+            f"lit-nomic encode: {len(bad)} of {len(texts)} embeddings are NaN/inf (first: row {bad[0]}); "
+            f"the model {model} is broken (a diverged run?); nothing written to {output}"
+        )
     buf = io.BytesIO()
     np.save(buf, emb.float().cpu().numpy())
     atomic_write_bytes(Path(output), buf.getvalue())
@@ -127,8 +144,10 @@ def evaluate(
     file and line.
 
     Args:
-        model: our saved folder, a training checkpoint (.ckpt), a Hugging Face / sentence-transformers
-            folder, or a packaged name such as ``all-minilm-l6-v2``.
+        model: our saved folder or a Hugging Face / sentence-transformers folder (config.json plus
+            safetensors, never unpickled), a packaged name such as ``all-minilm-l6-v2``, or a training
+            checkpoint (.ckpt, or a sharded folder with meta.pt) read as data only: pickled objects
+            other than tensors and lit_nomic's config classes are refused, never run.
         data: a dataset folder (layout auto-detected), a named suite (``scifact``, ``xquad_r``,
             ``stsb_multi_mt``, ``tatoeba``) or a YAML listing several.
         split: the qrels / data split.
@@ -220,10 +239,19 @@ def table(
 
 
 def load_any_model(model: str):  # noqa: ANN201 - returns an Embedder; imported lazily
-    """An Embedder from a folder, a packaged name, a Hub id, or a Lightning checkpoint file."""
+    """An Embedder from a folder, a packaged name, a Hub id, or a Lightning checkpoint.
+
+    A folder with ``config.json`` is a model folder (JSON + safetensors) even if it also holds
+    checkpoint files; only a ``.ckpt`` file or a folder with ``meta.pt``/``.metadata`` and no
+    ``config.json`` is read as a checkpoint, with the allow-listing unpickler of
+    :mod:`lit_nomic.training.export` (a crafted pickle is refused, never run).
+    """
     from lit_nomic.model.embedder import Embedder
 
-    if model.endswith(".ckpt") or Path(model, "meta.pt").exists() or Path(model, ".metadata").exists():
+    path = Path(model).expanduser()
+    is_model_folder = path.is_dir() and (path / "config.json").is_file()
+    is_sharded = path.is_dir() and ((path / "meta.pt").exists() or (path / ".metadata").exists())
+    if not is_model_folder and (model.endswith(".ckpt") or is_sharded):
         from lit_nomic.training.export import load_checkpoint_embedder
 
         return load_checkpoint_embedder(model)
@@ -231,16 +259,56 @@ def load_any_model(model: str):  # noqa: ANN201 - returns an Embedder; imported 
 
 
 def _read_texts(path: Path, field: str) -> list[str]:
-    from lit_nomic.evaluation.files import field_str, iter_jsonl
+    """The texts of ``path``, one per output row; every error names the file (and line).
+
+    ``.txt``: one text per line, every line kept so that row i is line i; an empty line is an
+    error (an empty text has no meaningful embedding, and dropping it would shift every later row).
+    ``.jsonl``: the ``field`` of each object. ``.gz``: either, compressed (``.gz`` alone is JSONL).
+    """
+    from lit_nomic.evaluation.files import field_str, iter_jsonl, iter_lines
 
     if not path.exists():
         raise SystemExit(f"lit-nomic encode: input file {path} does not exist")
+    if path.is_dir():
+        raise SystemExit(f"lit-nomic encode: input {path} is a folder, expected a .txt or .jsonl file")
+    name = path.name.lower()
+    jsonl = name.endswith((".jsonl", ".jsonl.gz")) or (name.endswith(".gz") and not name.endswith(".txt.gz"))
+    texts: list[str] = []
     try:
-        if path.suffix in (".jsonl", ".gz"):
+        if jsonl:
             return [field_str(obj, field, path, lineno) for lineno, obj in iter_jsonl(path)]
-    except ValueError as err:  # names file and line
-        raise SystemExit(str(err)) from err
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for lineno, line in iter_lines(path):
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                raise SystemExit(
+                    f"lit-nomic encode: {path}:{lineno}: empty line; every line of a .txt input is one "
+                    "text (row i of the output is line i), so remove it or use .jsonl"
+                )
+            texts.append(text)
+    except (ValueError, OSError, EOFError) as err:  # the readers name file and line
+        message = str(err) if str(path) in str(err) else f"{path}: {err}"
+        raise SystemExit(f"lit-nomic encode: {message}") from err
+    return texts
+
+
+def _check_output(output: Path) -> None:
+    """Fail in one line before encoding if ``output`` cannot be written (a folder, a file as parent,
+    a read-only folder), instead of losing every embedding to a traceback afterwards."""
+    import tempfile
+
+    if output.is_dir():
+        raise SystemExit(f"lit-nomic encode: output {output} is a folder; give a .npy file path")
+    ancestor = output.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SystemExit(f"lit-nomic encode: cannot write {output}: {ancestor} is not a folder")
+    try:  # a probe file in the nearest existing folder (atomic_write creates any missing ones)
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=ancestor)
+    except OSError as err:
+        raise SystemExit(f"lit-nomic encode: cannot write {output}: {err.strerror or err}") from err
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _commands() -> dict[str, tuple[Callable, str]]:
