@@ -244,3 +244,13 @@ def test_a_bad_config_value_is_one_line_naming_the_field(
     recipe = _tiny_recipe(in_tmp)
     err = _one_line_error(capsys, ["fit", "-c", str(recipe), "--model.model.overrides.num_experts", "eight"])
     assert err == "lit-nomic fit: error: num_experts must be an int, got 'eight'"
+
+
+def test_print_config_shows_the_derived_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "-c", str(QUICKSTART), "--model.model.overrides.num_experts", "16", "--print_config"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    run_dir = _parse("--model.model.overrides.num_experts", "16").trainer.default_root_dir
+    assert f"default_root_dir: {run_dir}\n" in out and f"dirpath: {run_dir}/checkpoints\n" in out
+    assert f"output_dir: {run_dir}/eval\n" in out and "run folder" not in out

@@ -250,11 +250,18 @@ class LitNomicCLI(LightningCLI):
                     f"{key} is not supported: the optimiser, warm-up and schedule come from model.optim "
                     "(e.g. --model.optim.lr 1e-4 --model.optim.schedule cosine; see --help)"
                 )
-        self.config = parser.parse_args(argv)
+        # --print_config would print before the run folder is derived: print the final config instead.
+        print_config = any(t == "--print_config" or t.startswith("--print_config=") for t in argv)
+        self.config = parser.parse_args(
+            [t for t in argv if not (t == "--print_config" or t.startswith("--print_config="))]
+        )
         subcommand = self.config.get("subcommand")
         section = self.config[subcommand] if subcommand else self.config
         self.run_dir, self.run_overrides = resolve_run_dir(section["trainer"].get("default_root_dir"), argv)
         apply_run_dir(section, self.run_dir)
+        if print_config and subcommand is not None:
+            print(self._parser(subcommand).dump(section), end="")
+            raise SystemExit(0)
         if subcommand == "validate" and not section["data"].get("val_sources"):
             raise CLIError(
                 "validate needs validation data and the config has none: give data.val_sources "
