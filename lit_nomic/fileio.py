@@ -1,31 +1,49 @@
-"""Atomic file writes: a killed run never leaves a half-written result, embedding or config file.
+"""Atomic file and folder writes: a killed run never leaves a half-written result, model or config.
 
 Runs are long and get interrupted; a half-written file that later parses (or fails to parse) would
 silently corrupt tables and caches, so every writer goes through a temporary file in the target
-folder, fsync, then ``os.replace``.
+folder, fsync, then ``os.replace``. A model export is several files that only make sense together
+(an 8-expert weight file beside a 4-expert config is a broken model), so :func:`atomic_folder`
+writes the whole folder beside the target and renames it into place.
+
+A process killed mid-write leaves its temporary (``.<name>.<random>.tmp``) behind; the next write
+of the same name removes such leftovers once they are stale (last modified before this process
+started, and more than :data:`STALE_AFTER_S` ago), so a writer running concurrently in another
+process keeps its temporary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+# Results, caches and exported models are meant to be shared: world-readable, like a plain write
+# under the usual umask (mkstemp/mkdtemp alone would give 0600/0700).
+FILE_MODE = 0o644
+FOLDER_MODE = 0o755
+STALE_AFTER_S = 60.0
+_PROCESS_START = time.time()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write`` on a temp file beside ``path`` and move it into place; never leaves partials."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and caches are meant to be shared
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,3 +61,91 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    path: str | os.PathLike, replaceable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces ``path`` as a whole.
+
+    An existing ``path`` is renamed aside, the new folder renamed in, then the old one deleted, so a
+    reader sees the old folder or the new one, never a mix (between the two renames ``path`` is
+    briefly absent). On an exception the temporary folder is deleted and ``path`` is untouched.
+
+    Args:
+        path: the folder to (re)create.
+        replaceable: called on an existing ``path`` before anything is written; returning False
+            refuses to replace it (for instance a folder holding files that are not ours).
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target}: exists and is not a folder")
+    if target.is_dir() and replaceable is not None and not replaceable(target):
+        raise FileExistsError(f"{target}: refusing to replace this folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(tmp, FOLDER_MODE)
+        yield tmp
+        _fsync_folder(tmp)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old)  # an empty folder as the destination: rename replaces it
+        os.replace(tmp, target)
+        _fsync_folder(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Delete leftovers of killed writers of ``target`` (``.<name>.*.tmp`` / ``.old``); returns them.
+
+    Only entries last modified before this process started and at least ``STALE_AFTER_S`` ago go,
+    so a write in progress in another process is left alone. Errors are ignored: cleaning is a
+    courtesy, never a reason to fail the write.
+    """
+    target = Path(target)
+    cutoff = min(_PROCESS_START, time.time() - STALE_AFTER_S)
+    removed = []
+    prefix = f".{target.name}."
+    try:
+        with os.scandir(target.parent) as entries:
+            candidates = [
+                Path(e.path)
+                for e in entries
+                if e.name.startswith(prefix) and e.name.endswith((".tmp", ".old"))
+            ]
+    except OSError:
+        return removed
+    for entry in candidates:
+        try:
+            if entry.lstat().st_mtime >= cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            continue
+    return removed
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist a folder's entries (renames, new files); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

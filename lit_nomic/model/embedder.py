@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_nomic.config import EncoderConfig
+from lit_nomic.fileio import FILE_MODE, FOLDER_MODE, atomic_folder, atomic_write_bytes, atomic_write_text
 from lit_nomic.model.encoder import Encoder, EncoderOutput
 from lit_nomic.model.sources import resolve_model_path
 from lit_nomic.model.weights import (
@@ -37,7 +36,7 @@ from lit_nomic.model.weights import (
     upcycle_encoder,
 )
 
-__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "Embedder"]
+__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "Embedder", "check_finite_tensors"]
 
 # config.json of our folders = EncoderConfig.to_dict() plus this one key.
 FORMAT_KEY = "_lit_nomic"
@@ -204,24 +203,33 @@ class Embedder(nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json (EncoderConfig + format marker), model.safetensors and the tokenizer."""
-        from safetensors.torch import save_file
+        """Write config.json (EncoderConfig + format marker), model.safetensors and the tokenizer.
+
+        The folder is written beside ``directory`` and renamed into place as a whole
+        (:func:`lit_nomic.fileio.atomic_folder`): a run killed mid-export leaves the previous export
+        intact, never weights of one model beside the config of another. An existing folder is
+        replaced only if it holds nothing but files an export writes (never a user's other files).
+        Files are world-readable (0644), like every result this project writes. Non-finite weights
+        (a diverged run) are refused before anything is written.
+        """
+        from safetensors.torch import save
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.encoder.state_dict().items()}
+        check_finite_tensors(tensors, f"{directory}: refusing to export")
         config = self.config.to_dict()
         config[FORMAT_KEY] = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "max_seq_length": self.max_seq_length,
         }
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.encoder.state_dict().items()}
-        _atomic_write(
-            directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
-        )
-        _atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(directory))
+        with atomic_folder(directory, replaceable=_only_export_files) as tmp:
+            atomic_write_bytes(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+            atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(tmp))
+            for entry in tmp.rglob("*"):  # tokenizer files follow the umask; make them shareable too
+                os.chmod(entry, FOLDER_MODE if entry.is_dir() else FILE_MODE)
         return directory
 
     @classmethod
@@ -299,16 +307,48 @@ class Embedder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write to a temporary file beside ``path`` and rename it over, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# Everything save_pretrained (and the tokenizers we ship) may write: an existing folder holding
+# only these is a previous export and may be replaced as a whole.
+_EXPORT_FILES = frozenset(
+    {
+        "config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "chat_template.jinja",
+        *_TOKENIZER_FILES,
+    }
+)
+
+
+def _only_export_files(folder: Path) -> bool:
+    others = sorted(p.name for p in folder.iterdir() if p.name not in _EXPORT_FILES or not p.is_file())
+    if others:
+        raise FileExistsError(
+            f"{folder}: refusing to replace a folder that holds files an export does not write "
+            f"({', '.join(others[:5])}{' ...' if len(others) > 5 else ''}); choose a new or empty folder"
+        )
+    return True
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], context: str) -> None:
+    """Raise ``ValueError`` (one line, prefixed by ``context``) if any floating tensor holds NaN/inf.
+
+    A diverged run's weights embed everything as NaN; exporting them would only move the failure
+    to whoever loads the model, far from its cause.
+    """
+    bad = []
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad.append((name, int((~torch.isfinite(tensor)).sum()), tensor.numel()))
+    if bad:
+        name, count, total = bad[0]
+        raise ValueError(
+            f"{context}: non-finite weights (NaN/inf) in {len(bad)} tensor(s), first {name} "
+            f"({count} of {total} values); the run diverged"
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -69,15 +69,16 @@ class ConversionError(ValueError):
 
 # ============================================================================= files
 def load_checkpoint_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a HF-style folder: model.safetensors, pytorch_model.bin, or their sharded index."""
-    from safetensors.torch import load_file
+    """All tensors of a HF-style folder: model.safetensors, pytorch_model.bin, or their sharded index.
 
+    ``pytorch_model.bin`` goes through torch's ``weights_only`` unpickler (tensors only, no code).
+    """
     folder = Path(folder)
     single = {"model.safetensors": "safetensors", "pytorch_model.bin": "torch"}
     for name, kind in single.items():
         path = folder / name
         if path.is_file():
-            return dict(load_file(str(path))) if kind == "safetensors" else _torch_load(path)
+            return _load_safetensors(path) if kind == "safetensors" else _torch_load(path)
     for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / name
         if index.is_file():
@@ -88,15 +89,42 @@ def load_checkpoint_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
             tensors: dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
                 path = folder / shard
-                tensors.update(load_file(str(path)) if shard.endswith(".safetensors") else _torch_load(path))
+                tensors.update(
+                    _load_safetensors(path) if shard.endswith(".safetensors") else _torch_load(path)
+                )
             return tensors
     raise FileNotFoundError(
         f"no weights in {folder}: expected model.safetensors, pytorch_model.bin or a sharded index"
     )
 
 
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file; a truncated or corrupt file is an error naming it.
+
+    safetensors' own ``SafetensorError`` (e.g. "incomplete metadata, file not fully covered") does
+    not say which file of a folder or shard set is broken.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConversionError(
+            f"{path}: cannot read the safetensors weights ({reason}); the file is truncated or corrupt, "
+            "re-export or re-download it"
+        ) from err
+
+
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - unpickling errors, truncated zips, refused classes
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConversionError(f"{path}: cannot load the weights ({type(err).__name__}: {reason})") from err
 
 
 # ============================================================================= configs
