@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from lit_nomic.config import EncoderConfig
 from lit_nomic.model.build import ModelSpec, build_embedder, target_config
 from lit_nomic.model.embedder import Embedder
 from lit_nomic.model.encoder import Encoder
-from lit_nomic.training.module import CHECKPOINT_KEY
+from lit_nomic.training.module import CHECKPOINT_KEY, CHECKPOINT_SAFE_GLOBALS
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,36 @@ def export_checkpoint(checkpoint: str, output: str, config: str | None = None) -
 
 
 # ----------------------------------------------------------------------------- reading
+def _refusal(path: Path, err: BaseException) -> ValueError:
+    """One line for a pickle the allow-listing unpickler refused (torch's message is a page long)."""
+    text = str(err)
+    match = re.search(
+        r"(Unsupported global: [^\n]*|Unsupported operand[^\n]*|WeightsUnpickler error: [^\n]*)", text
+    )
+    reason = match.group(1) if match else (text.splitlines()[0] if text else type(err).__name__)
+    return ValueError(
+        f"{path}: refusing to load: it holds pickled objects outside the allow-list of lit_nomic checkpoints "
+        f"({reason.removeprefix('WeightsUnpickler error: ')}); checkpoints are read as data only, never run as code"
+    )
+
+
 def _torch_load(path: Path) -> dict[str, Any]:
-    # Lightning checkpoints pickle the hyper-parameter dataclasses: weights_only=False is required
-    # (checkpoints are trusted files the user trained).
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    """A Lightning checkpoint (or a sharded checkpoint's ``meta.pt``) as data, never as code.
+
+    ``weights_only=True`` plus the module's allow-list (the config dataclasses Lightning pickles in
+    ``hyper_parameters``; the same list resume uses): a crafted pickle that would run code on load
+    is refused with an error naming the file, since ``lit-nomic eval``/``encode`` take any path.
+    """
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _refusal(path, err) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a Lightning checkpoint (a dict), got {type(obj).__name__}")
     return obj
@@ -116,14 +144,86 @@ def _read_sharded_state(path: Path, template: dict[str, torch.Tensor]) -> dict[s
     import torch.distributed.checkpoint as dcp
 
     state = {k: torch.empty_like(v) for k, v in template.items()}
+    reader = _SafeFileSystemReader(str(path))
+    reader.read_metadata()  # refuses a crafted .metadata before DCP touches anything else
     try:
         # no_dist: export reads every shard in this one process, even inside a distributed job.
-        dcp.load({"state_dict": state}, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+        dcp.load({"state_dict": state}, storage_reader=reader, no_dist=True)
     except Exception as err:  # noqa: BLE001 - DCP raises CheckpointException wrapping per-rank errors
         raise ValueError(
             f"{path}: cannot read the encoder weights from the sharded checkpoint ({type(err).__name__}: {err})"
         ) from err
     return state
+
+
+_DCP_METADATA_GLOBALS = frozenset(
+    [("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING",
+    )]
+    + [
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("collections", "OrderedDict"),
+    ]
+)  # fmt: skip
+
+
+class _DCPMetadataUnpickler(pickle.Unpickler):
+    """Unpickles a torch.distributed.checkpoint ``.metadata`` and nothing else.
+
+    Only the classes such an index is made of (plus torch dtypes) may be looked up, so a crafted
+    pickle cannot reach ``os.system`` or any other callable (the standard ``find_class``
+    restriction; torch's own ``weights_only`` unpickler cannot read DCP's protocol-5 pickles).
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module, name) in _DCP_METADATA_GLOBALS or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _safe_reader_class() -> type:
+    import torch.distributed.checkpoint as dcp
+
+    class SafeFileSystemReader(dcp.FileSystemReader):
+        """DCP's reader, but ``.metadata`` goes through :class:`_DCPMetadataUnpickler`.
+
+        The stock reader calls ``pickle.load`` on it: a crafted ``.metadata`` in a folder given to
+        ``lit-nomic eval``/``encode`` would run code.
+        """
+
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+            path = Path(str(self.path)) / ".metadata"
+            try:
+                with open(path, "rb") as fh:
+                    meta = _DCPMetadataUnpickler(fh).load()
+            except pickle.UnpicklingError as err:
+                raise _refusal(path, err) from None
+            except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+                raise ValueError(
+                    f"{path}: not a readable checkpoint index ({type(err).__name__}: {err})"
+                ) from None
+            if not isinstance(meta, Metadata):
+                raise ValueError(f"{path}: not a checkpoint index (a {type(meta).__name__})")
+            if getattr(meta, "storage_meta", None) is None:
+                meta.storage_meta = StorageMeta()
+            meta.storage_meta.load_id = self.load_id
+            return meta
+
+    return SafeFileSystemReader
+
+
+def _SafeFileSystemReader(path: str) -> Any:  # noqa: N802 - builds the class lazily (DCP import is slow)
+    return _safe_reader_class()(path)
 
 
 def _load_encoder(encoder: Encoder, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -22,6 +22,7 @@ run repeats the uninterrupted run's dropout masks and router jitter.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -54,6 +55,12 @@ class LossConfig:
 
     ``temperature`` 0.02 (logit scale 50) is Nomic Embed v2's fixed value. ``matryoshka_dims`` empty
     means a single loss on the full embedding.
+
+    ``nonfinite``: what a NaN/inf loss term (InfoNCE, aux loss, z-loss) or gradient norm does.
+    ``raise`` stops the run at the first one with :class:`NonFiniteError` naming the step and the
+    term (a diverged run would otherwise train on NaN, exit 0 and export NaN weights); ``skip``
+    drops that optimiser step (no parameter, optimiser-state or router-bias update), counts it in
+    ``train/skipped_steps`` and goes on.
     """
 
     temperature: float = 0.02
@@ -63,6 +70,11 @@ class LossConfig:
     mask_false_negatives: bool = True
     matryoshka_dims: list[int] = field(default_factory=list)
     matryoshka_weights: list[float] | None = None
+    nonfinite: Literal["raise", "skip"] = "raise"
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss term or the gradient norm became NaN/inf: the run diverged (see ``LossConfig.nonfinite``)."""
 
 
 @dataclass
@@ -89,7 +101,10 @@ class StepOutput(NamedTuple):
 
 # Checkpoints pickle these configs in ``hyper_parameters``; Lightning loads checkpoints with torch's
 # ``weights_only=True`` unpickler, which refuses any class not allow-listed (resume would fail).
-torch.serialization.add_safe_globals([ModelSpec, LossConfig, OptimConfig, ParallelConfig, SourceSpec])
+# ``lit-nomic export``/``eval``/``encode`` load checkpoints with the same unpickler and this same
+# list (``torch.serialization.safe_globals``), so a checkpoint is data, never code.
+CHECKPOINT_SAFE_GLOBALS: list[Any] = [ModelSpec, LossConfig, OptimConfig, ParallelConfig, SourceSpec]
+torch.serialization.add_safe_globals(CHECKPOINT_SAFE_GLOBALS)
 
 
 class ContrastiveModule(L.LightningModule):
@@ -140,6 +155,10 @@ class ContrastiveModule(L.LightningModule):
         self._seed: int | None = None
         self._replicated_params: list[nn.Parameter] = []  # unsharded params under FSDP2 (all-reduced by hand)
         self._fsdp_applied = False
+        if self.loss_config.nonfinite not in ("raise", "skip"):
+            raise ValueError(f"loss.nonfinite must be 'raise' or 'skip', got {self.loss_config.nonfinite!r}")
+        self.skipped_steps = 0  # optimiser steps dropped for a non-finite value (nonfinite="skip")
+        self._skip_reason: str | None = None  # why the optimiser step in progress is dropped
 
     @property
     def encoder(self) -> Encoder:
@@ -184,16 +203,77 @@ class ContrastiveModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
+        """Check the gradient norm, then clip; drop the whole step's gradients when it is skipped.
+
+        Lightning calls this once per optimiser step, after backward (and the DDP/FSDP2 gradient
+        reduction) and before ``optimizer.step``, whether or not clipping is configured: the one
+        place where the global gradient norm is known identically on every rank. Skipping sets every
+        gradient to None, so AdamW leaves parameters and moments alone for this step.
+        """
+        if self._fsdp_applied and gradient_clip_val and gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(
+                f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not supported under FSDP2; use 'norm'"
+            )
+        if self._skip_reason is None and self._checks_gradients():
+            norm = self._gradient_norm()
+            if not bool(torch.isfinite(norm)):
+                self._nonfinite(f"non-finite gradient norm ({float(norm)}) at step {self.global_step}")
+        if self._skip_reason is not None:
+            optimizer.zero_grad(set_to_none=True)
+            return
         # Under FSDP2 one global norm over sharded (DTensor) and replicated (temperature) gradients;
         # torch's clip_grad_norm_ cannot mix the two.
         if self._fsdp_applied and gradient_clip_val:
-            if gradient_clip_algorithm not in (None, "norm"):
-                raise ValueError(
-                    f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not supported under FSDP2; use 'norm'"
-                )
             clip_grad_norm(self.parameters(), gradient_clip_val)
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _checks_gradients(self) -> bool:
+        # fp16 AMP: inf gradients are routine; the GradScaler skips those steps and lowers its scale.
+        if self._trainer is None:
+            return True
+        return getattr(self.trainer.precision_plugin, "scaler", None) is None
+
+    def _gradient_norm(self) -> Tensor:
+        """Global L2 norm of all gradients before clipping (over sharded and replicated ones under FSDP2)."""
+        if self._fsdp_applied:
+            return clip_grad_norm(self.parameters(), math.inf)  # max_norm=inf: measures, never scales
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        return torch.nn.utils.get_total_norm(grads)
+
+    def _check_losses(self, step: StepOutput, batch_idx: int) -> None:
+        """Stop (or mark the step skipped) at the first NaN/inf loss term, on every rank at once.
+
+        One small all-reduce (max) of four flags keeps ranks in agreement, so no rank raises or
+        skips while another goes on into a collective and hangs; one host sync per step, no extra
+        backward (a skipped step's backward still runs, its gradients are then dropped).
+        """
+        terms = {"InfoNCE": step.infonce, "aux loss": step.aux_loss, "z-loss": step.z_loss, "loss": step.loss}
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+        flags = (~torch.isfinite(values)).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        bad = [name for name, flag in zip(terms, flags.tolist(), strict=True) if flag]
+        if not bad:
+            return
+        value = values[list(terms).index(bad[0])].item()
+        self._nonfinite(
+            f"non-finite {bad[0]} ({value}) at step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx})"
+        )
+
+    def _nonfinite(self, what: str) -> None:
+        if self.loss_config.nonfinite == "raise":
+            raise NonFiniteError(
+                f"{what}: the run diverged; lower optim.lr (or raise warmup), or set "
+                "model.loss.nonfinite=skip to skip such steps"
+            )
+        if self._skip_reason is None:
+            log.warning("%s: skipping this optimiser step (model.loss.nonfinite=skip)", what)
+            self._skip_reason = what
 
     # ------------------------------------------------------------------ the step
     def compute_losses(self, batch: dict[str, Any]) -> StepOutput:
@@ -282,6 +362,7 @@ class ContrastiveModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         step = self.compute_losses(batch)
+        self._check_losses(step, batch_idx)
         self._log_step(step, batch, "train")
         # Extra keys reach callbacks (on_train_batch_end ``outputs``) detached.
         return {
@@ -322,6 +403,8 @@ class ContrastiveModule(L.LightningModule):
             sync = self.trainer.world_size > 1
             self.log("train/tokens_per_s", rates.tokens_per_s, prog_bar=True, sync_dist=sync, reduce_fx="sum")
             self.log("train/samples_per_s", rates.samples_per_s, sync_dist=sync, reduce_fx="sum")
+        if self.loss_config.nonfinite == "skip":
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=samples)
 
     def on_validation_start(self) -> None:
         self.throughput_clock.pause()
@@ -332,6 +415,14 @@ class ContrastiveModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
+        if self._skip_reason is not None:
+            # A skipped step (nonfinite="skip") moves nothing: the router biases keep their values
+            # and the loads of its (non-finite) forward passes are forgotten. Every rank agrees.
+            self.skipped_steps += 1
+            self._skip_reason = None
+            for layer in self.encoder.moe_layers:
+                layer.load_accumulator.zero_()
+            return
         # Loss-free balancing moves its selection biases once per optimiser step, from the loads
         # accumulated over all micro-batches since the last step (all-reduced across ranks).
         self.encoder.update_loss_free_biases()
@@ -354,10 +445,11 @@ class ContrastiveModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.export_metadata()
+        checkpoint[CHECKPOINT_KEY] = {**self.export_metadata(), "skipped_steps": self.skipped_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY) or {}
+        self.skipped_steps = int(meta.get("skipped_steps") or 0)
         saved = meta.get("seed")
         if saved is not None:
             current = global_seed()
