@@ -323,7 +323,7 @@ def _ours(err: BaseException) -> bool:
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    package = str(Path(__file__).resolve().parents[1])
+    package = str(Path(__file__).resolve().parents[1]) + os.sep
     return tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(package)
 
 
