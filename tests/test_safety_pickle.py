@@ -151,3 +151,15 @@ def test_encode_help_says_what_each_kind_of_path_may_hold(capsys: pytest.Capture
         main(["encode", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "never run" in out and "safetensors" in out and "meta.pt" in out
+
+
+def test_a_pytorch_model_bin_with_a_crafted_pickle_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    """Hugging Face folders may carry pytorch_model.bin: tensors only, the rest is refused unrun."""
+    from lit_nomic.model.weights import ConversionError, load_checkpoint_tensors
+
+    marker = tmp_path / "pwned"
+    torch.save({"weight": torch.ones(1), "evil": Bomb(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ConversionError, match=r"pytorch_model.bin: cannot load .*Unsupported global") as exc:
+        load_checkpoint_tensors(tmp_path)
+    assert "\n" not in str(exc.value)
+    assert not marker.exists()

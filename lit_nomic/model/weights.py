@@ -123,8 +123,13 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001 - unpickling errors, truncated zips, refused classes
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConversionError(f"{path}: cannot load the weights ({type(err).__name__}: {reason})") from err
+        # torch's refusal is a page whose first line invites loading the file unsafely: keep the cause.
+        found = re.search(r"Unsupported (?:global|operand)[^\n]*", str(err))
+        reason = found.group(0) if found else (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConversionError(
+            f"{path}: cannot load the weights as tensors ({type(err).__name__}: {reason}); "
+            "pickled objects other than tensors are refused, never run"
+        ) from err
 
 
 # ============================================================================= configs

@@ -10,6 +10,12 @@ the saved hyper-parameters are the fallback for checkpoints without it.
 Both layouts Lightning writes are read: a single ``.ckpt`` file (single process, DDP, FSDP2 with
 ``save_distributed_checkpoint=False``) and the sharded folder of ``ModelParallelStrategy`` (FSDP2:
 ``meta.pt`` plus torch.distributed.checkpoint shards), which is re-assembled in one process.
+
+Checkpoints are read as data, never as code: ``lit-nomic eval``/``encode`` accept any path, and a
+pickle can run arbitrary code when loaded. ``.ckpt`` files and ``meta.pt`` go through torch's
+``weights_only`` unpickler with the module's allow-list (:data:`CHECKPOINT_SAFE_GLOBALS`, the one
+resume uses); DCP's ``.metadata`` through an unpickler that can only build DCP's index classes.
+Anything else is refused with an error naming the file.
 """
 
 from __future__ import annotations
