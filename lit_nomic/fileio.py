@@ -6,10 +6,11 @@ folder, fsync, then ``os.replace``. A model export is several files that only ma
 (an 8-expert weight file beside a 4-expert config is a broken model), so :func:`atomic_folder`
 writes the whole folder beside the target and renames it into place.
 
-A process killed mid-write leaves its temporary (``.<name>.<random>.tmp``) behind; the next write
-of the same name removes such leftovers once they are stale (last modified before this process
-started, and more than :data:`STALE_AFTER_S` ago), so a writer running concurrently in another
-process keeps its temporary.
+A process killed mid-write leaves its temporary (``.<name>.<random>.tmp``) behind; the first write
+of this process into that folder (and every folder export) removes such leftovers once they are
+stale (last modified before this process started, and more than :data:`STALE_AFTER_S` ago), so a
+writer running concurrently in another process keeps its temporary. Once per folder, because a
+cache folder of thousands of files would otherwise be listed on every write.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -30,13 +32,18 @@ FILE_MODE = 0o644
 FOLDER_MODE = 0o755
 STALE_AFTER_S = 60.0
 _PROCESS_START = time.time()
+# What mkstemp/mkdtemp name our temporaries: ".<name>." + 8 random characters + ".tmp" (or ".old",
+# a replaced export folder set aside); nothing else in a folder is ever deleted.
+_LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
+_CLEANED: set[str] = set()  # folders already cleaned by this process
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write`` on a temp file beside ``path`` and move it into place; never leaves partials."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
+    if str(target.parent) not in _CLEANED:
+        remove_stale_temporaries(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -84,7 +91,7 @@ def atomic_folder(
     if target.is_dir() and replaceable is not None and not replaceable(target):
         raise FileExistsError(f"{target}: refusing to replace this folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(target)
+    remove_stale_temporaries(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(tmp, FOLDER_MODE)
@@ -103,24 +110,20 @@ def atomic_folder(
         raise
 
 
-def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
-    """Delete leftovers of killed writers of ``target`` (``.<name>.*.tmp`` / ``.old``); returns them.
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete leftovers of killed writers in ``folder`` (``.<name>.<8 chars>.tmp`` / ``.old``).
 
     Only entries last modified before this process started and at least ``STALE_AFTER_S`` ago go,
     so a write in progress in another process is left alone. Errors are ignored: cleaning is a
-    courtesy, never a reason to fail the write.
+    courtesy, never a reason to fail the write. Returns what was removed.
     """
-    target = Path(target)
+    folder = Path(folder)
+    _CLEANED.add(str(folder))
     cutoff = min(_PROCESS_START, time.time() - STALE_AFTER_S)
-    removed = []
-    prefix = f".{target.name}."
+    removed: list[Path] = []
     try:
-        with os.scandir(target.parent) as entries:
-            candidates = [
-                Path(e.path)
-                for e in entries
-                if e.name.startswith(prefix) and e.name.endswith((".tmp", ".old"))
-            ]
+        with os.scandir(folder) as entries:
+            candidates = [Path(e.path) for e in entries if _LEFTOVER.match(e.name)]
     except OSError:
         return removed
     for entry in candidates:

@@ -192,24 +192,23 @@ def _age(path: Path, seconds: float) -> None:
 
 
 def test_crash_leftovers_are_cleaned_by_the_next_write(tokenizer, tmp_path: Path) -> None:  # noqa: ANN001
-    stale_folder = tmp_path / ".export.k1ll3d.tmp"
+    stale_folder = tmp_path / ".export.k1ll3dxx.tmp"
     stale_folder.mkdir()
     (stale_folder / "model.safetensors").write_bytes(b"half")
-    stale_aside = tmp_path / ".export.k1ll3d.old"
+    stale_aside = tmp_path / ".export.k1ll3dxx.old"
     stale_aside.mkdir()
-    stale_file = tmp_path / ".result.json.abc123.tmp"
+    stale_file = tmp_path / ".result.json.abc123yz.tmp"
     stale_file.write_text('{"half": ')
     fresh = tmp_path / ".result.json.inflight.tmp"  # another process writing right now
     fresh.write_text("{")
-    for path in (stale_folder, stale_aside, stale_file):
+    foreign = tmp_path / ".editor-swap.tmp"  # not a name our writers make: never touched
+    foreign.write_text("")
+    for path in (stale_folder, stale_aside, stale_file, foreign):
         _age(path, 3600)
     _moe(tokenizer, 4).save_pretrained(tmp_path / "export")
     fileio.atomic_write_json(tmp_path / "result.json", {"ok": True})
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".result.json.inflight.tmp",
-        "export",
-        "result.json",
-    ]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".editor-swap.tmp", ".result.json.inflight.tmp", "export", "result.json"]
     assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o644
 
 
