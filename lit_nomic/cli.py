@@ -20,6 +20,7 @@ from lit_nomic.fileio import atomic_write_bytes
 
 PASSTHROUGH_COMMANDS = {
     "bench": "benchmarks (moe, encoder, train, report, profile) printing side-by-side ratios",
+    "sweep": "ablation sweeps: plan, run (local or SLURM), status, table with seeds and p-values",
 }
 
 LIGHTNING_COMMANDS = {
@@ -362,6 +363,10 @@ def main(argv: list[str] | None = None) -> None:
 
         run_lightning_cli([command, *rest])
         return
+    if command == "sweep":
+        from lit_nomic.sweeps.cli import main as sweep_main
+
+        raise SystemExit(sweep_main(rest))
     if command == "bench":
         from lit_nomic.bench.cli import main as bench_main
 

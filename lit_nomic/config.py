@@ -259,6 +259,8 @@ class EncoderConfig:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+        if isinstance(data, dict):
+            data.pop("_lit_nomic", None)  # a saved model folder's own metadata (Embedder.save_pretrained)
         return cls.from_dict(data, source=path)
 
     def replace(self, **changes: Any) -> EncoderConfig:

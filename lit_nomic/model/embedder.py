@@ -272,7 +272,7 @@ class Embedder(nn.Module):
             raise ConversionError(
                 f"{root / 'config.json'}: {FORMAT_KEY}.format_version={version!r}, expected {FORMAT_VERSION}"
             )
-        config = EncoderConfig.from_dict(raw)
+        config = EncoderConfig.from_dict(raw, source=root / "config.json")
         encoder = Encoder(config)
         load_into(encoder, load_checkpoint_tensors(root), str(root))
         return cls(
