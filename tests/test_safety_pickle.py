@@ -163,3 +163,18 @@ def test_a_pytorch_model_bin_with_a_crafted_pickle_is_refused(model_dir: Path, t
         load_checkpoint_tensors(tmp_path)
     assert "\n" not in str(exc.value)
     assert not marker.exists()
+
+
+def test_reading_a_checkpoint_keeps_the_resume_allow_list(tmp_path: Path) -> None:
+    """Loading one checkpoint (export/eval) must not shrink torch's process-wide allow-list, or a
+    later resume in the same process fails (torch's ``safe_globals`` context removes on exit)."""
+    from torch.serialization import get_safe_globals
+
+    from lit_nomic.training.export import _torch_load
+    from lit_nomic.training.module import CHECKPOINT_SAFE_GLOBALS
+
+    path = tmp_path / "sound.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"loss": CHECKPOINT_SAFE_GLOBALS[1]()}}, path)
+    _torch_load(path)
+    assert set(CHECKPOINT_SAFE_GLOBALS) <= set(get_safe_globals())
+    torch.load(path, weights_only=True)  # what Lightning's resume does

@@ -86,23 +86,22 @@ class SlurmOptions:
             out["trainer.plugins"] = SLURM_PLUGIN
         return out
 
-    def submitit_parameters(self) -> dict[str, Any]:
-        """``AutoExecutor.update_parameters`` keywords (the ``slurm_`` ones are ignored off SLURM)."""
+    def sbatch_parameters(self, job_name: str) -> dict[str, Any]:
+        """``SlurmExecutor.update_parameters`` keywords: the ``#SBATCH`` lines of one run's job."""
         params: dict[str, Any] = {
+            "job_name": job_name,
             "nodes": self.nodes,
-            "tasks_per_node": self.tasks_per_node,
-            "timeout_min": self.time_min,
-            "slurm_additional_parameters": {"requeue": True},
+            "ntasks_per_node": self.tasks_per_node,
+            "time": self.time_min,
+            "additional_parameters": {"requeue": True},
         }
         if self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
-        if self.cpus_per_task:
-            params["cpus_per_task"] = self.cpus_per_task
-        if self.mem_gb:
-            params["mem_gb"] = self.mem_gb
-        for key in ("partition", "account", "qos", "constraint"):
+        for key in ("partition", "account", "qos", "cpus_per_task", "constraint"):
             if getattr(self, key):
-                params[f"slurm_{key}"] = getattr(self, key)
+                params[key] = getattr(self, key)
+        if self.mem_gb:
+            params["mem"] = f"{self.mem_gb}GB"
         return params
 
 
@@ -128,11 +127,16 @@ def submit_slurm(
         job.execution_overrides = {**options.execution_overrides(on_slurm), **job.execution_overrides}
     if dry_run:
         return [_write_dry_run(job, options, folder, report) for job in jobs]
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+    if on_slurm:
+        executor: Any = submitit.SlurmExecutor(folder=str(folder / "%j"))
+    else:  # submitit's local/debug executors: one process per job on this machine
+        executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
+        executor.update_parameters(timeout_min=options.time_min)
     outcomes = []
     submitted = []
     for job in jobs:
-        executor.update_parameters(name=f"{job.sweep.name}:{job.run.name}", **options.submitit_parameters())
+        if on_slurm:
+            executor.update_parameters(**options.sbatch_parameters(f"{job.sweep.name}:{job.run.name}"))
         handle = executor.submit(job)
         run_dir = job.paths.run_dir(job.run)
         status = {"status": "submitted", "job_id": str(handle.job_id), "cluster": cluster or "slurm"}
@@ -159,20 +163,7 @@ def _write_dry_run(job: RunJob, options: SlurmOptions, folder: Path, report: Cal
 
     from lit_nomic.sweeps.spec import fit_args
 
-    native: dict[str, Any] = {
-        "job_name": f"{job.sweep.name}:{job.run.name}",
-        "nodes": options.nodes,
-        "ntasks_per_node": options.tasks_per_node,
-        "time": options.time_min,
-        "additional_parameters": {"requeue": True},
-    }
-    if options.gpus_per_node:
-        native["gpus_per_node"] = options.gpus_per_node
-    for key in ("partition", "account", "qos", "cpus_per_task", "constraint"):
-        if getattr(options, key):
-            native[key] = getattr(options, key)
-    if options.mem_gb:
-        native["mem"] = f"{options.mem_gb}GB"
+    native = options.sbatch_parameters(f"{job.sweep.name}:{job.run.name}")
     job_folder = folder / "%j"
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(job_folder))}"
     script = _make_sbatch_string(command=command, folder=str(job_folder), **native)

@@ -307,6 +307,10 @@ class RetrievalEval(L.Callback):
             metrics=out.metrics,
             query_prefix=embedder.query_prefix,
             document_prefix=embedder.document_prefix,
+            max_length=embedder.max_seq_length,
+            # the probe's subset is a setting that changes the score: it is part of the result's identity
+            settings={"probe": dataset.extra["probe"]} if "probe" in dataset.extra else None,
+            per_query=out.evaluation.per_query,
             eval_time_s=time.perf_counter() - start,
             counts=out.counts,
             timings=out.timings,

@@ -113,8 +113,10 @@ def _torch_load(path: Path) -> dict[str, Any]:
     is refused with an error naming the file, since ``lit-nomic eval``/``encode`` take any path.
     """
     try:
-        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Not the ``safe_globals`` context manager: its exit removes the classes from torch's process-wide
+        # allow-list, which module.py registered for resume, and a later resume in the same process fails.
+        torch.serialization.add_safe_globals(CHECKPOINT_SAFE_GLOBALS)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise _refusal(path, err) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
