@@ -237,3 +237,20 @@ def test_zero_tokens(router: object) -> None:
     assert_layout(r)
     assert r.num_assignments == 0 and r.tokens_per_expert.tolist() == [0, 0, 0, 0]
     assert load_balancing_loss(r.probs, r.tokens_per_expert, 2).item() == 0.0
+
+
+def test_count_indices_is_bincount_without_a_host_read() -> None:
+    from lit_nomic.model.routers import count_indices
+
+    index = torch.tensor([3, 0, 3, 5, 5, 5])
+    assert torch.equal(count_indices(index, 7), torch.bincount(index, minlength=7))
+    assert count_indices(index, 7).dtype == torch.int64
+    assert torch.equal(count_indices(torch.zeros(0, dtype=torch.int64), 3), torch.zeros(3, dtype=torch.int64))
+    with torch.device("meta"):  # no value is read: it runs where bincount (which sizes from data) cannot
+        assert count_indices(torch.empty(10, dtype=torch.int64), 4).shape == (4,)
+
+
+def test_loss_free_update_without_load_changes_nothing() -> None:
+    bias = torch.tensor([0.5, -0.25, 0.0])
+    loss_free_bias_update(bias, torch.zeros(3), rate=0.1)
+    assert torch.equal(bias, torch.tensor([0.5, -0.25, 0.0]))

@@ -179,8 +179,8 @@ class MoEFeedForward(nn.Module):
         if not self.config.loss_free_balancing:
             return
         load = all_reduce_load(self.load_accumulator)
-        if bool(load.sum() > 0):
-            loss_free_bias_update(self.selection_bias, load, self.config.loss_free_update_rate)
+        # No load at all leaves the bias alone by itself (sign(0 - 0) = 0): no host-side check, no sync.
+        loss_free_bias_update(self.selection_bias, load, self.config.loss_free_update_rate)
         self.load_accumulator.zero_()
 
     def extra_repr(self) -> str:

@@ -31,6 +31,7 @@ The earlier unfused layout measured 1.05-1.09x, 1.5-1.6x and 1.3x on the same ru
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -51,6 +52,21 @@ SINGLE_CHUNK_BYTES = 32 << 20
 """Up to this size the ``[N, D]`` temporaries are recycled by malloc anyway (glibc's dynamic mmap
 threshold grows to 32 MiB), so the layout is processed as one chunk, without any copy."""
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+HAS_GROUPED_MM = hasattr(F, "grouped_mm")
+"""``torch.nn.functional.grouped_mm`` is public from torch 2.10 (pytorch/pytorch#168298); the
+pyproject floor says so, and an older torch runs the exact per-expert fallback, loudly."""
+GROUPED_MM_MISSING = (
+    f"torch {torch.__version__} has no torch.nn.functional.grouped_mm (public from torch 2.10): "
+    "the MoE experts run as a per-expert loop. Install torch>=2.10"
+)
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """One ``UserWarning`` per ``key`` per process (a slow path is loud once, not once per layer)."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -72,8 +88,9 @@ def grouped_mm_applies(dtype: torch.dtype, device: torch.device, *widths: int) -
     """Whether ``F.grouped_mm`` runs natively on operands of this dtype/device whose rows have these widths.
 
     CPU: float32/bf16/fp16 with 16-byte aligned rows. CUDA: the CUTLASS kernels want bf16 on sm80+.
+    False on a torch without ``F.grouped_mm`` (older than 2.10).
     """
-    if dtype not in _GROUPED_MM_DTYPES:
+    if not HAS_GROUPED_MM or dtype not in _GROUPED_MM_DTYPES:
         return False
     if device.type == "cuda":
         if dtype != torch.bfloat16 or torch.cuda.get_device_capability(device) < (8, 0):
@@ -85,7 +102,11 @@ def grouped_mm_applies(dtype: torch.dtype, device: torch.device, *widths: int) -
 
 
 def _segment_counts(chunk: ExpertChunk) -> list[int]:
-    return chunk.counts if chunk.counts is not None else chunk.tokens_per_expert.tolist()
+    if chunk.counts is None:  # plan_chunks(host_counts=True) reads them once per layer call
+        raise RuntimeError(
+            "the per-expert fallback needs the chunk's host counts (plan_chunks(host_counts=True))"
+        )
+    return chunk.counts
 
 
 def grouped_matmul(a: Tensor, w: Tensor, chunk: ExpertChunk, use_grouped_mm: bool) -> Tensor:
@@ -156,18 +177,20 @@ def plan_chunks(
     row_bytes: int,
     budget_bytes: int = CHUNK_BYTES,
     single_chunk_bytes: int = SINGLE_CHUNK_BYTES,
+    host_counts: bool = False,
 ) -> list[ExpertChunk]:
     """Split the experts into consecutive groups of about ``budget_bytes / row_bytes`` rows.
 
     A chunk takes the experts whose first row falls in the same budget-sized window of rows, so an
     expert is never split (its rows form one GEMM) and a chunk overruns the window by at most its
-    last expert. Everything is one chunk off CPU (nothing is read back to the host) and when all
-    rows together take at most ``single_chunk_bytes``.
+    last expert. Everything is one chunk off CPU (nothing is read back to the host unless
+    ``host_counts``: the per-expert fallback needs the counts there, read once here for forward and
+    backward) and when all rows together take at most ``single_chunk_bytes``.
     """
     counts_t = routing.tokens_per_expert
     num_experts, num_rows = routing.num_experts, routing.num_assignments
     if counts_t.device.type != "cpu" or num_rows * row_bytes <= single_chunk_bytes:
-        counts = counts_t.tolist() if counts_t.device.type == "cpu" else None
+        counts = counts_t.tolist() if counts_t.device.type == "cpu" or host_counts else None
         return [ExpertChunk(0, num_experts, 0, num_rows, routing.offsets(), counts_t, counts)]
     ends = torch.cumsum(counts_t, 0)
     starts = ends - counts_t
@@ -329,12 +352,7 @@ def grouped_experts(
     switched off inside, so that no op of the fused kernel gets cast behind its back; weights of
     another dtype than the input are cast differentiably (their gradients stay in their dtype).
     """
-    compute = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    if x.dtype != compute or params.w1.dtype != compute:
-        x = x.to(compute)
-        params = ExpertParams(
-            *(None if p is None else p.to(compute) for p in (params.w1, params.w2, params.b1, params.b2))
-        )
+    x, params = cast_for_autocast(x, params)
     hidden, width = params.w1.shape[1], params.w1.shape[2]
     use_grouped_mm = grouped_mm_applies(x.dtype, x.device, hidden, width)
     if require_grouped_mm and not use_grouped_mm:
@@ -342,8 +360,25 @@ def grouped_experts(
             "moe_backend='cuda_grouped_mm' needs CUDA bf16 tensors (and weights) on an sm80+ GPU with "
             f"16-byte aligned rows; got {x.dtype} input, {params.w1.dtype} weights on {x.device}, widths "
             f"{hidden} and {width}. Use moe_backend='torch' for the automatic fallback."
+            + ("" if HAS_GROUPED_MM else f" {GROUPED_MM_MISSING}.")
         )
-    chunks = plan_chunks(routing, max(hidden, width) * x.element_size(), chunk_bytes, single_chunk_bytes)
+    if not use_grouped_mm and x.device.type != "cpu":
+        warn_once(
+            f"fallback:{x.device.type}:{x.dtype}",
+            f"MoE experts on {x.device.type} in {x.dtype} run as a per-expert Python loop (one host sync "
+            "per layer call): grouped_mm there needs bf16 on sm80+ with 16-byte aligned rows "
+            f"(widths {hidden}, {width}). Train with precision='bf16-mixed' or bf16 weights."
+            + ("" if HAS_GROUPED_MM else " " + GROUPED_MM_MISSING),
+        )
+    elif not HAS_GROUPED_MM:
+        warn_once("no-grouped-mm", GROUPED_MM_MISSING)
+    chunks = plan_chunks(
+        routing,
+        max(hidden, width) * x.element_size(),
+        chunk_bytes,
+        single_chunk_bytes,
+        host_counts=not use_grouped_mm,
+    )
     plan = _MLPPlan(chunks, routing.num_tokens, activation, use_grouped_mm, keep_output=hidden < 2 * width)
     gates = routing.gates_expert_major()
     with torch.autocast(x.device.type, enabled=False):
@@ -358,6 +393,22 @@ def grouped_experts(
             routing.expert_index,
             plan,
         )
+
+
+def cast_for_autocast(x: Tensor, params: ExpertParams) -> tuple[Tensor, ExpertParams]:
+    """Input and weights in the compute dtype: autocast's when it is on (as ``nn.Linear`` would run),
+    else the input's. Weights are cast differentiably, so their gradients stay in their own dtype
+    (fp32 master weights under bf16-mixed). Every backend calls this before its own kernels, which
+    autocast does not see (a fused autograd op, megablocks' custom ops)."""
+    compute = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    if x.dtype != compute or any(
+        p is not None and p.dtype != compute for p in (params.w1, params.w2, params.b1, params.b2)
+    ):
+        x = x.to(compute)
+        params = ExpertParams(
+            *(None if p is None else p.to(compute) for p in (params.w1, params.w2, params.b1, params.b2))
+        )
+    return x, params
 
 
 def combine_index_add(out: Tensor, routing: Routing) -> Tensor:
@@ -454,6 +505,13 @@ class MegablocksBackend(ExpertBackend):
             raise RuntimeError(
                 f"moe_backend='megablocks' runs on CUDA only, got {x.device}; use moe_backend='torch'"
             )
+        # grouped_gemm's gmm wants bf16 operands and autocast does not reach custom ops: cast as the
+        # torch backend does (fp32 master weights under bf16-mixed get bf16 copies, fp32 gradients).
+        x, params = cast_for_autocast(x, params)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._forward(x, routing, params, activation)
+
+    def _forward(self, x: Tensor, routing: Routing, params: ExpertParams, activation: str) -> Tensor:
         if routing.top_k is None:
             out = self._mlp(x.index_select(0, routing.token_index), routing, params, activation)
             return combine_index_add(out, routing)

@@ -143,6 +143,16 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_fact
     return min(num_tokens, math.ceil(num_tokens * top_k * capacity_factor / num_experts))
 
 
+def count_indices(index: Tensor, size: int) -> Tensor:
+    """int64 ``[size]`` occurrences of each value of ``index``: ``torch.bincount(index, minlength=size)``
+    without its host sync (on CUDA bincount reads the maximum back to size its output; the size is
+    known here, so ``scatter_add_`` counts on the device)."""
+    counts = torch.zeros(size, dtype=torch.int64, device=index.device)
+    return counts.scatter_add_(
+        0, index.reshape(-1).long(), torch.ones_like(index.reshape(-1), dtype=torch.int64)
+    )
+
+
 # ---------------------------------------------------------------------------- token choice
 def token_choice_routing(logits: Tensor, probs: Tensor, gates: Tensor, experts: Tensor) -> Routing:
     """Build the expert-major assignment list from per-token choices ``experts [T, k]``.
@@ -163,7 +173,7 @@ def token_choice_routing(logits: Tensor, probs: Tensor, gates: Tensor, experts: 
         num_experts=num_experts,
         expert_index=expert_index,
         token_index=token_index,
-        tokens_per_expert=torch.bincount(flat, minlength=num_experts),
+        tokens_per_expert=count_indices(flat, num_experts),
         gates=gates.reshape(-1),
         token_major=token_major,
         expert_major=expert_major,
@@ -347,7 +357,7 @@ class ExpertChoiceRouter:
         token_major = torch.sort(token_index, stable=True).indices
         n = token_index.shape[0]
         expert_major = torch.empty_like(token_major).scatter_(0, token_major, torch.arange(n, device=device))
-        per_token = torch.bincount(token_index, minlength=num_tokens)
+        per_token = count_indices(token_index, num_tokens)
         row_ptr = torch.zeros(num_tokens + 1, dtype=torch.int64, device=device)
         torch.cumsum(per_token, 0, out=row_ptr[1:])
         return Routing(

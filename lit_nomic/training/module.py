@@ -22,7 +22,6 @@ run repeats the uninterrupted run's dropout masks and router jitter.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -38,7 +37,7 @@ from lit_nomic.objectives.matryoshka import MatryoshkaLoss
 from lit_nomic.objectives.moe_balance import moe_regularisation
 from lit_nomic.training.expert_stats import expert_load_metrics
 from lit_nomic.training.optim import OptimConfig, build_optimizer
-from lit_nomic.training.parallel import all_reduce_gradients, clip_grad_norm
+from lit_nomic.training.parallel import all_reduce_gradients, clip_grad_norm, clip_grads_with_norm, grad_norm
 from lit_nomic.training.seeding import global_seed, seed_step
 from lit_nomic.training.throughput import ThroughputClock, batch_token_count
 
@@ -214,9 +213,10 @@ class ContrastiveModule(L.LightningModule):
             raise ValueError(
                 f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not supported under FSDP2; use 'norm'"
             )
+        norm = None
         if self._skip_reason is None and self._checks_gradients():
             norm = self._gradient_norm()
-            if not bool(torch.isfinite(norm)):
+            if not bool(torch.isfinite(norm)):  # the one host sync of the check, once per step
                 self._nonfinite(f"non-finite gradient norm ({float(norm)}) at step {self.global_step}")
         if self._skip_reason is not None:
             optimizer.zero_grad(set_to_none=True)
@@ -224,7 +224,10 @@ class ContrastiveModule(L.LightningModule):
         # Under FSDP2 one global norm over sharded (DTensor) and replicated (temperature) gradients;
         # torch's clip_grad_norm_ cannot mix the two.
         if self._fsdp_applied and gradient_clip_val:
-            clip_grad_norm(self.parameters(), gradient_clip_val)
+            if norm is None:
+                clip_grad_norm(self.parameters(), gradient_clip_val)
+            else:  # the norm just measured: no second all-reduce
+                clip_grads_with_norm(self.parameters(), gradient_clip_val, norm)
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
@@ -237,7 +240,7 @@ class ContrastiveModule(L.LightningModule):
     def _gradient_norm(self) -> Tensor:
         """Global L2 norm of all gradients before clipping (over sharded and replicated ones under FSDP2)."""
         if self._fsdp_applied:
-            return clip_grad_norm(self.parameters(), math.inf)  # max_norm=inf: measures, never scales
+            return grad_norm(self.parameters())  # one all-reduce, on the device
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return torch.zeros(())

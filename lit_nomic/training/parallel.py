@@ -63,28 +63,85 @@ def all_reduce_gradients(params: Iterable[nn.Parameter], group: Any = None) -> N
 
 
 @torch.no_grad()
-def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
-    """Clip by the global L2 norm of DTensor (sharded) and plain (replicated) gradients together.
+def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
+    """Global L2 norm of DTensor (sharded) and plain (replicated) gradients together, on the device.
 
-    ``torch.nn.utils.clip_grad_norm_`` refuses to stack norms of DTensors and plain tensors; here each
-    sharded norm is reduced to a full (replicated) value first. Returns the norm before clipping.
+    torchtitan's recipe: per group of DTensor gradients with the same mesh and placements, the sum
+    of squares of the *local* shards (one fused ``_foreach_norm``), all-reduced once over each mesh
+    dimension the group is sharded on (replicated dimensions hold copies and are not summed); plain
+    gradients are identical on every rank and added locally. Nothing is copied to the host and no
+    full tensor is gathered. A 0-d float32 tensor on the gradients' device (zero without gradients).
     """
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    squares = []
+    groups: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+    plain: list[torch.Tensor] = []
+    meshes: dict[tuple[Any, ...], tuple[Any, Any]] = {}
     for g in grads:
-        norm = torch.linalg.vector_norm(g, 2, dtype=torch.float32)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        squares.append(norm.square().to("cpu"))
-    total = torch.stack(squares).sum().sqrt()
-    coef = float(max_norm) / (float(total) + 1e-6)
-    if coef < 1.0:
-        for g in grads:
-            g.mul_(coef)
+        if isinstance(g, DTensor):
+            key = (id(g.device_mesh), tuple(g.placements))
+            groups.setdefault(key, []).append(g.to_local())
+            meshes[key] = (g.device_mesh, g.placements)
+        else:
+            plain.append(g)
+    device = (next(iter(groups.values()))[0] if groups else plain[0]).device
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for key, local in groups.items():
+        squares = _sum_of_squares(local, device)
+        mesh, placements = meshes[key]
+        for dim, placement in enumerate(placements):
+            if placement.is_shard():
+                dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=mesh.get_group(dim))
+            elif placement.is_partial():
+                raise ValueError(
+                    f"grad_norm: a gradient with a Partial placement {placements} is not reduced yet"
+                )
+        total += squares
+    if plain:
+        total += _sum_of_squares(plain, device)
+    return total.sqrt()
+
+
+def _sum_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)  # fp32 accumulation for bf16 grads
+    return torch.stack([n.to(device) for n in norms]).square().sum()
+
+
+@torch.no_grad()
+def clip_grads_with_norm(params: Iterable[nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
+    """Scale every gradient by ``min(1, max_norm / (total_norm + 1e-6))`` on the device (no host sync);
+    DTensor gradients are scaled through their local shards."""
+    from torch.distributed.tensor import DTensor
+
+    if max_norm == float("inf"):
+        return
+    grads = [
+        p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params if p.grad is not None
+    ]
+    if not grads:
+        return
+    coef = (float(max_norm) / (total_norm.float() + 1e-6)).clamp(max=1.0)
+    by_device: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        by_device.setdefault((g.device, g.dtype), []).append(g)
+    for (dev, _), group in by_device.items():
+        torch._foreach_mul_(group, coef.to(dev))
+
+
+@torch.no_grad()
+def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip by the global L2 norm of DTensor (sharded) and plain (replicated) gradients together.
+
+    ``torch.nn.utils.clip_grad_norm_`` refuses to stack norms of DTensors and plain tensors; here the
+    norm is :func:`grad_norm` (one all-reduce, no host copies) and the scaling happens on the device.
+    Returns the norm before clipping (a 0-d device tensor).
+    """
+    params = list(params)
+    total = grad_norm(params)
+    clip_grads_with_norm(params, max_norm, total)
     return total
 
 
