@@ -195,6 +195,8 @@ def fake_megablocks() -> dict[str, types.ModuleType]:
 
     def gmm(a, b, batch_sizes, trans_b=False):  # noqa: ANN001, ANN202
         assert batch_sizes.device.type == "cpu" and batch_sizes.dtype == torch.int64 and not trans_b
+        if a.dtype != torch.bfloat16 or b.dtype != torch.bfloat16:  # as grouped_gemm's CUTLASS kernel
+            raise RuntimeError(f"Expected bfloat16 operands, got {a.dtype} and {b.dtype}")
         return torch.cat([chunk @ b[e] for e, chunk in enumerate(torch.split(a, batch_sizes.tolist()))])
 
     root = types.ModuleType("megablocks")
@@ -207,29 +209,81 @@ def fake_megablocks() -> dict[str, types.ModuleType]:
     return {"megablocks": root, "megablocks.ops": ops, "megablocks.grouped_gemm_util": gg}
 
 
-@pytest.mark.parametrize("router", ["softmax", "expert_choice"])
-def test_megablocks_adapter_index_conventions(router: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def install_fake_megablocks(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, module in fake_megablocks().items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(MegablocksBackend, "requires_cuda", False)
+
+
+@pytest.mark.parametrize("router", ["softmax", "expert_choice"])
+def test_megablocks_adapter_index_conventions(router: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_megablocks(monkeypatch)
     config = EncoderConfig(
         hidden_size=32, num_heads=4, ffn_size=48, num_experts=6, top_k=2, router=router, expert_bias=True,
         router_init_std=1.0, initializer_range=0.2,
     )  # fmt: skip
-    layer = MoEFeedForward(config.replace(moe_backend="megablocks")).eval()
+    layer = MoEFeedForward(config.replace(moe_backend="megablocks")).eval().to(torch.bfloat16)
     assert isinstance(layer.backend, MegablocksBackend)
-    x = torch.randn(20, 32, requires_grad=True)
+    x = torch.randn(20, 32, dtype=torch.bfloat16, requires_grad=True)
     y = layer(x).y
-    ref = reference_moe_forward(layer, x)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
-    upstream = torch.randn_like(y)
+    ref = reference_moe_forward(layer, x)  # the same bf16 weights, one loop iteration per expert
+    torch.testing.assert_close(y, ref, rtol=2e-2, atol=2e-2)
+    upstream = torch.randn(y.shape)
     params = [x, layer.router.weight, layer.experts.w1, layer.experts.b2]
     for a, b in zip(
-        torch.autograd.grad((y * upstream).sum(), params),
-        torch.autograd.grad((ref * upstream).sum(), params),
+        torch.autograd.grad((y.float() * upstream).sum(), params),
+        torch.autograd.grad((ref.float() * upstream).sum(), params),
         strict=True,
     ):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2)
     monkeypatch.setattr(MegablocksBackend, "requires_cuda", True)
     with pytest.raises(RuntimeError, match="megablocks.*CUDA"):
         layer(x)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "bf16-mixed"])
+def test_megablocks_adapter_matches_fp32_reference(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16-mixed: fp32 weights under autocast reach gmm as bf16 (the fake rejects anything else)."""
+    from lit_nomic.bench.parity import assert_parity
+
+    install_fake_megablocks(monkeypatch)
+    result = assert_parity(
+        "megablocks", "softmax", mode, device="cpu", tokens=48, hidden=32, ffn=64, experts=4
+    )
+    assert result.errors["y"] > 0  # bf16 kernels, really compared
+
+
+def test_fake_gmm_rejects_fp32_like_grouped_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_megablocks(monkeypatch)
+    config = EncoderConfig(hidden_size=32, num_heads=4, ffn_size=64, num_experts=4, top_k=2)
+    layer = MoEFeedForward(config.replace(moe_backend="megablocks")).eval()
+    with pytest.raises(RuntimeError, match="Expected bfloat16"):
+        layer(torch.randn(8, 32))  # fp32 without autocast: the real kernel fails the same way
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(layer(torch.randn(8, 32)).y).all()  # cast like the torch backend: runs
+
+
+def test_fallback_without_grouped_mm_is_loud_once_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from lit_nomic.model import moe_backends
+
+    monkeypatch.setattr(moe_backends, "HAS_GROUPED_MM", False)
+    monkeypatch.setattr(moe_backends, "_warned", set())
+    routing = fixed_routing([[0, 1], [1, 2], [2, 0]], num_experts=3)
+    params = ExpertParams(w1=torch.randn(3, 32, 16), w2=torch.randn(3, 16, 32))
+    x = torch.randn(3, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = grouped_experts(x, routing, params, "gelu")
+        grouped_experts(x, routing, params, "gelu")
+    assert [str(w.message) for w in caught if "grouped_mm" in str(w.message)] == [
+        moe_backends.GROUPED_MM_MISSING
+    ]
+    gates = routing.gates.detach().view(3, 2)
+    expected = gates[0, 0] * (F.gelu(x[0] @ params.w1[0]) @ params.w2[0]) + gates[0, 1] * (
+        F.gelu(x[0] @ params.w1[1]) @ params.w2[1]
+    )
+    torch.testing.assert_close(y[0], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="torch>=2.10"):
+        grouped_experts(x, routing, params, "gelu", require_grouped_mm=True)
