@@ -179,3 +179,27 @@ def test_slurm_dry_run_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert "--trainer.num_nodes=2" in script and "--trainer.devices=4" in script
     assert '"auto_requeue": false' in script and "SLURMEnvironment" in script
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("run.json"))
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_reported_with_its_log_and_the_others_go_on(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path, steps=2)
+    # top_k 9 of 4 experts passes the plan-time key check but fails when the model is built
+    sweep.write_text(
+        sweep.read_text().replace(
+            "b: {model.model.overrides.top_k: 1}", "b: {model.model.overrides.top_k: 9}"
+        )
+    )
+    spec = load_sweep(sweep)
+    paths = SweepPaths(tmp_path / "runs" / "sweeps" / "tiny", tmp_path / "results" / "sweeps" / "tiny")
+    proc = sweep_cli(tmp_path, "run", "sweep.yaml")
+    out, _ = proc.communicate(timeout=600)
+    good, bad = spec.runs()
+    assert proc.returncode == 1, out
+    log = paths.run_dir(bad) / "fit.log"
+    assert f"failed   {bad.name}: lit-nomic fit exited with 2 (log: {log.relative_to(tmp_path)})" in out, out
+    assert "top_k" in log.read_text()
+    assert run_state(paths, good) == "finished" and run_state(paths, bad) == "failed"
+    proc = sweep_cli(tmp_path, "status", "sweep.yaml")
+    out, _ = proc.communicate(timeout=300)
+    assert f"failed      {bad.name}  lit-nomic fit exited with 2" in out, out

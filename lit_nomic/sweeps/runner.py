@@ -140,8 +140,10 @@ class RunJob:
         if is_finished(self.paths, self.run):
             return {"run": self.run.name, "status": "finished", "skipped": True}
         if not _is_rank_zero():
-            # Non-zero SLURM tasks only join the distributed fit; rank 0 evaluates and records.
-            self._fit(run_dir)
+            # Non-zero SLURM tasks only join the distributed fit (and skip it exactly when rank 0
+            # does: a requeued job whose fit had finished); rank 0 evaluates and records.
+            if not _fit_done(run_dir):
+                self._fit(run_dir)
             return {"run": self.run.name, "status": "fit-rank"}
         with run_lock(run_dir) as acquired:
             if not acquired:
