@@ -313,6 +313,8 @@ def _check_output(output: Path) -> None:
 
 
 def _commands() -> dict[str, tuple[Callable, str]]:
+    from lit_nomic.curation.cli import filter_pairs, mine  # light: heavy imports happen inside
+
     return {
         "info": (info, "parameter counts (total/active) and FLOPs per token of a preset, as JSON"),
         "encode": (encode, "embed a .txt/.jsonl file of texts into a .npy matrix"),
@@ -321,6 +323,8 @@ def _commands() -> dict[str, tuple[Callable, str]]:
             evaluate,
             "evaluate a model on BEIR/MIRACL/XQuAD-R retrieval, STS or bitext; write result JSONs",
         ),
+        "filter": (filter_pairs, "consistency filtering: keep pairs whose document ranks top-k in its chunk"),
+        "mine": (mine, "hard-negative mining with a teacher: negatives below a margin of the positive"),
     }
 
 

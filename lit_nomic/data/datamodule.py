@@ -41,7 +41,8 @@ class ContrastiveDataModule(L.LightningDataModule):
     """Source-homogeneous contrastive batches from a mixture of pair/triplet sources.
 
     Args:
-        sources: the mixture, as a list of :class:`SourceSpec` or the path of a YAML/JSON mixture file.
+        sources: the mixture, as a list of :class:`SourceSpec` or the path of a YAML/JSON mixture file;
+            ``per_language`` entries become one source (so one batch language) per language.
         tokenizer: a tokenizer folder (as given, or relative to the data root) or a cached Hub id.
         batch_size: per-rank batch size; the global batch is ``batch_size * world_size``.
         num_workers: DataLoader workers; each builds and tokenises whole batches.
@@ -83,7 +84,7 @@ class ContrastiveDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.specs: list[SourceSpec] = load_mixture(sources)
+        self.specs: list[SourceSpec] = load_mixture(sources, root=data_root)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -96,7 +97,9 @@ class ContrastiveDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
         self.weights = explicit_weights(self.specs, weighting)
-        self.val_specs: list[SourceSpec] = load_mixture(val_sources) if val_sources is not None else []
+        self.val_specs: list[SourceSpec] = (
+            load_mixture(val_sources, root=data_root) if val_sources is not None else []
+        )
         self.val_batch_size = val_batch_size or batch_size
         self.val_batches_per_source = val_batches_per_source
         self.val_dataset: PlanBatchDataset | None = None

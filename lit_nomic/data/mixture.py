@@ -14,6 +14,21 @@ A mixture is a list of :class:`SourceSpec` given in Python, on the CLI, or in a 
 
 (a bare top-level list of entries is accepted too). Every validation error names the source and the
 field, because a mixture of dozens of sources is otherwise painful to debug.
+
+Per-language sources. ``per_language: true`` expands one entry over a folder of per-language shards
+into one source per language, named ``<entry>/<lang>``, so that every batch stays monolingual (the
+plan draws each global batch from one source)::
+
+      - name: mc4
+        path: mc4/                  # en.jsonl, de.jsonl.gz, ... and/or en/, de/ folders of shards
+        per_language: true
+        languages: [en, de]         # optional: only these (each must exist); default: every one found
+        language_weights: {en: 2.0} # optional per-language weight; the others get ``weight``
+
+Each expanded source copies the entry's columns, prefixes, lengths and negatives, takes ``weight``
+(or its ``language_weights`` value) and records its ``language``. ``beir`` entries expand over
+sub-folders only (one BEIR folder per language). Expansion happens in :func:`load_mixture`, which
+then checks the expanded names for duplicates like any others.
 """
 
 from __future__ import annotations
@@ -22,7 +37,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +55,7 @@ __all__ = [
     "MixtureError",
     "SourceSpec",
     "Weighting",
+    "expand_languages",
     "explicit_weights",
     "load_mixture",
     "open_source",
@@ -66,7 +82,10 @@ class SourceSpec:
     (TLDRs, default) or ``title``; unused for ``beir``. ``document_column``: JSONL column of the
     positive, default ``document`` or else ``pos``. ``negatives_column`` is read only when
     ``num_negatives > 0`` (JSONL only). ``split``: the qrels file of a BEIR folder, or the SciTLDR split.
-    ``weight``: the sampling weight under ``weighting="explicit"``.
+    ``weight``: the sampling weight under ``weighting="explicit"``. ``per_language``, ``languages``
+    and ``language_weights``: expand a folder of per-language shards into one source per language
+    (see the module docstring); ``language``: the language of the source (set by that expansion;
+    curation reports count per language with it).
     """
 
     name: str
@@ -82,6 +101,10 @@ class SourceSpec:
     max_query_length: int = 512
     max_document_length: int = 512
     num_negatives: int = 0
+    per_language: bool = False
+    languages: list[str] | None = None
+    language_weights: dict[str, float] | None = None
+    language: str | None = None
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(SourceSpec))
@@ -127,6 +150,32 @@ def validate_spec(spec: SourceSpec) -> None:
         )
     if spec.format == "beir" and (spec.query_column is not None or spec.document_column is not None):
         raise _fail(name, "query_column", "beir sources read queries.jsonl/corpus.jsonl; leave columns unset")
+    _validate_language_fields(spec, name)
+
+
+def _validate_language_fields(spec: SourceSpec, name: str) -> None:
+    if not isinstance(spec.per_language, bool):
+        raise _fail(name, "per_language", f"must be true or false, got {spec.per_language!r}")
+    if spec.language is not None and (not isinstance(spec.language, str) or not spec.language.strip()):
+        raise _fail(name, "language", f"must be a non-empty string or null, got {spec.language!r}")
+    if spec.languages is not None:
+        if not isinstance(spec.languages, list | tuple) or not spec.languages:
+            raise _fail(
+                name, "languages", f"must be a non-empty list of language names, got {spec.languages!r}"
+            )
+        for lang in spec.languages:
+            if not isinstance(lang, str) or not lang.strip() or "/" in lang:
+                raise _fail(name, "languages", f"{lang!r} is not a language name")
+    if spec.language_weights is not None:
+        if not isinstance(spec.language_weights, dict):
+            raise _fail(name, "language_weights", "must be a mapping {language: weight}")
+        for lang, w in spec.language_weights.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w) or w <= 0:
+                raise _fail(name, "language_weights", f"{lang!r}: must be a finite number > 0, got {w!r}")
+    if not spec.per_language and (spec.languages is not None or spec.language_weights is not None):
+        raise _fail(name, "languages", "'languages' and 'language_weights' need per_language: true")
+    if spec.per_language and spec.format == "scitldr":
+        raise _fail(name, "per_language", "scitldr sources cannot be expanded per language")
 
 
 def _spec_from_dict(entry: Any, position: int, origin: str) -> SourceSpec:
@@ -164,8 +213,80 @@ def _read_mixture_file(path: Path) -> list[Any]:
     return data
 
 
-def load_mixture(sources: str | os.PathLike | Sequence[SourceSpec | dict]) -> list[SourceSpec]:
-    """Parse (file) or normalise (list) a mixture and validate every entry and the set of names."""
+_LANGUAGE_SUFFIXES = (".jsonl.gz", ".jsonl")
+
+
+def _language_entries(spec: SourceSpec, root: str | os.PathLike | None) -> dict[str, str]:
+    """``{language: path}`` for the shards of a per-language folder, in language order."""
+    from lit_nomic.paths import data_root
+
+    given = Path(spec.path).expanduser()
+    folder = given if given.is_absolute() or given.is_dir() else data_root(root) / spec.path
+    if not folder.is_dir():
+        raise _fail(
+            spec.name,
+            "path",
+            f"per_language needs a folder of per-language shards; {str(folder)!r} is not one",
+        )
+    found: dict[str, str] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            lang = entry.name
+        elif spec.format == "jsonl" and entry.name.endswith(_LANGUAGE_SUFFIXES):
+            lang = entry.name[: -len(next(x for x in _LANGUAGE_SUFFIXES if entry.name.endswith(x)))]
+        else:
+            continue
+        if lang in found:
+            raise _fail(
+                spec.name, "path", f"language {lang!r} appears twice in {str(folder)!r} (file and folder?)"
+            )
+        found[lang] = str(Path(spec.path) / entry.name)
+    if not found:
+        what = "sub-folders" if spec.format == "beir" else "<lang>.jsonl[.gz] files or <lang>/ folders"
+        raise _fail(spec.name, "path", f"folder {str(folder)!r} holds no {what}")
+    return found
+
+
+def expand_languages(spec: SourceSpec, root: str | os.PathLike | None = None) -> list[SourceSpec]:
+    """One source per language of a ``per_language`` entry (the entry itself otherwise)."""
+    if not spec.per_language:
+        return [spec]
+    found = _language_entries(spec, root)
+    wanted = list(spec.languages) if spec.languages is not None else list(found)
+    missing = [lang for lang in wanted if lang not in found]
+    if missing:
+        raise _fail(spec.name, "languages", f"{missing} not found under {spec.path!r}; found {sorted(found)}")
+    unknown = sorted(set(spec.language_weights or {}) - set(wanted))
+    if unknown:
+        raise _fail(spec.name, "language_weights", f"{unknown} are not among the languages {wanted}")
+    out = []
+    for lang in wanted:
+        weight = (spec.language_weights or {}).get(lang, spec.weight)
+        out.append(
+            replace(
+                spec,
+                name=f"{spec.name}/{lang}",
+                path=found[lang],
+                weight=weight,
+                per_language=False,
+                languages=None,
+                language_weights=None,
+                language=lang,
+            )
+        )
+    return out
+
+
+def load_mixture(
+    sources: str | os.PathLike | Sequence[SourceSpec | dict], root: str | os.PathLike | None = None
+) -> list[SourceSpec]:
+    """Parse (file) or normalise (list) a mixture and validate every entry and the set of names.
+
+    ``per_language`` entries are expanded into one source per language (folders are looked up as
+    given, then under the data root ``root``).
+    """
     if isinstance(sources, str | os.PathLike):
         origin = str(sources)
         path = Path(sources).expanduser()
@@ -178,6 +299,9 @@ def load_mixture(sources: str | os.PathLike | Sequence[SourceSpec | dict]) -> li
         if not entries:
             raise MixtureError("mixture: no sources given")
     specs = [_spec_from_dict(entry, i, origin) for i, entry in enumerate(entries)]
+    for spec in specs:
+        validate_spec(spec)
+    specs = [expanded for spec in specs for expanded in expand_languages(spec, root)]
     seen: set[str] = set()
     for spec in specs:
         validate_spec(spec)
@@ -212,6 +336,8 @@ def open_source(
     if on_error not in ON_ERROR_CHOICES:
         raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
     validate_spec(spec)
+    if spec.per_language:
+        raise _fail(spec.name, "per_language", "expand the entry first (load_mixture / expand_languages)")
     try:
         if spec.format == "beir":
             return BeirPairs(spec.name, spec.path, split=spec.split, root=root, on_error=on_error)
