@@ -157,6 +157,9 @@ def moe_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_moe_quick_writes_documented_keys(moe_json: Path) -> None:
     data = json.loads(moe_json.read_text())
+    assert isinstance(data["reliable"], bool) and isinstance(data["why"], list)
+    assert {"load_before", "load_after"} <= set(data["load"])
+    assert data["load"]["load_after"]["torch_threads"] == 1
     assert data["benchmark"] == "moe" and data["command"].startswith("python -m lit_nomic.bench moe --quick")
     assert data["machine"]["torch"] == torch.__version__
     assert len(data["rows"]) == len(quick_sweep())
@@ -170,12 +173,15 @@ def test_moe_quick_writes_documented_keys(moe_json: Path) -> None:
         times = {k: v["median_ms"] for k, v in row["times"].items()}
         assert row["ratios"]["grouped_over_dense"] == pytest.approx(times["ours"] / times["dense"])
         assert row["ratios"]["loop_over_grouped"] == pytest.approx(times["loop"] / times["ours"])
+        assert row["ratios"]["linear_loop_over_grouped"] == pytest.approx(
+            times["linear_loop"] / times["ours"]
+        )
         flops = 3 * 4 * row["shape"]["tokens"] * row["shape"]["hidden"] * row["shape"]["active_ffn"]
         for variant, metrics in row["metrics"].items():
             assert all(_positive_finite(v) for v in metrics.values())
             assert metrics["flops_per_s"] == pytest.approx(flops / (times[variant] / 1e3))
         assert row["metrics"]["ours"]["max_over_mean_expert_load"] >= 1.0
-        assert "not_slower_than_loop" in {c["name"] for c in row["checks"]}
+        assert {"not_slower_than_loop", "not_slower_than_linear_loop"} <= {c["name"] for c in row["checks"]}
         if not torch.cuda.is_available():
             assert any("megablocks: skipped" in n for n in row["notes"])
             assert any("cuda_grouped_mm: skipped" in n for n in row["notes"])
@@ -265,7 +271,9 @@ def test_report_renders_from_the_quick_runs(moe_json: Path, train_json: Path, tm
         text.startswith("# Benchmarks") and "Regenerate this file: `python -m lit_nomic.bench report" in text
     )
     assert "Command: `python -m lit_nomic.bench moe --quick --device cpu --threads 1 --output" in text
-    assert "| shape | ours ms | dense ms | loop ms |" in text
+    assert "| shape | ours ms | dense ms | loop ms | linear_loop ms |" in text
+    assert "allocator: default" in text and "clock: wall" in text and "torch threads: 1" in text
+    assert "Reliability: no flag" in text or "**Unreliable measurements**" in text
     assert "| shape | params (active) | step ms |" in text
     assert "ours never slower than the per-expert loop" in text and "Measured peak:" in text
     for row in load_results(moe_json).rows:
@@ -336,3 +344,79 @@ def test_tagged_runs_are_kept_side_by_side(moe_json: Path, tmp_path: Path) -> No
     assert "| ours never slower than the per-expert loop | moe [tuned] | " in text
     with pytest.raises(SystemExit, match="--tag"):
         main(["moe", "--quick", "--tag", "a/b", "--output", str(tmp_path)])
+
+
+# ----------------------------------------------------------------------------- fair baseline, trust
+def test_linear_loop_baseline_computes_the_same_layer() -> None:
+    from lit_nomic.bench.moe import LinearLoopMoE
+    from lit_nomic.model.moe import MoEFeedForward
+
+    shape = MoEShape(24, 32, 64, 4, 2)
+    torch.manual_seed(0)
+    ours = MoEFeedForward(shape.config("torch").replace(expert_bias=True)).eval()
+    baseline = LinearLoopMoE(ours).eval()
+    assert len(baseline.fc1) == 4 and isinstance(baseline.fc1[0], torch.nn.Linear)
+    x = torch.randn(24, 32)
+    torch.testing.assert_close(baseline(x), ours(x).y, rtol=1e-5, atol=1e-5)
+    baseline(x).sum().backward()  # per-expert parameters get their own gradients, no [E, D, F] buffer
+    assert baseline.fc1[0].weight.grad.shape == (64 // 1, 32)
+
+
+def _stat(median: float, iqr: float) -> Stat:
+    return Stat(median, median - iqr, median - iqr / 2, median + iqr / 2, 5)
+
+
+def test_reliability_flags_spread_load_and_oversubscription() -> None:
+    from lit_nomic.bench.timing import assess_reliability
+
+    quiet = {"loadavg_1min": 0.2, "usable_cores": 2, "torch_threads": 1}
+    good = {"row": {"ours": _stat(10.0, 0.5), "dense": _stat(8.0, 0.4)}}
+    assert assess_reliability(good, quiet, quiet) == {"reliable": True, "why": []}
+    noisy = {"row": {"ours": _stat(10.0, 3.0), "dense": _stat(8.0, 0.4)}}
+    verdict = assess_reliability(noisy, quiet, quiet)
+    assert not verdict["reliable"] and verdict["why"] == [
+        "row / ours: spread 30% of the median (IQR 3 ms over 5 repetitions) > 10%"
+    ]
+    busy = {"loadavg_1min": 2.4, "usable_cores": 2, "torch_threads": 1}  # a sweep on the other core and more
+    why = assess_reliability(good, quiet, busy)["why"]
+    assert why == [
+        "machine load 2.40 after the run on 2 usable cores (1 torch thread(s) of ours): other work competed for the cores"
+    ]
+    over = {"loadavg_1min": 0.0, "usable_cores": 2, "torch_threads": 8}
+    assert any(
+        "oversubscription: 8 torch threads on 2 usable cores" in w
+        for w in assess_reliability(good, over, None)["why"]
+    )
+
+
+def test_cli_reports_unreliable_runs_with_a_fake_timer_and_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A jittery clock and a loaded machine (both faked) must reach the JSON, the printout and the report."""
+    import itertools
+
+    from lit_nomic.bench import timing
+
+    ticks = itertools.count()
+    jitter = itertools.cycle([1.0, 1.0, 3.0, 1.0, 5.0])
+    clock = {"t": 0.0}
+
+    def fake_counter() -> float:  # every call advances by an uneven step: a noisy measurement
+        next(ticks)
+        clock["t"] += next(jitter) / 1e3
+        return clock["t"]
+
+    monkeypatch.setattr(timing.time, "perf_counter", fake_counter)
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    assert main(["moe", "--quick", "--device", "cpu", "--threads", "1", "--output", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "moe.json").read_text())
+    assert data["reliable"] is False
+    assert any(w.startswith("machine load 7.50 before the run") for w in data["why"])
+    assert any("spread" in w for w in data["why"])
+    printed = capsys.readouterr().out
+    assert (
+        "UNRELIABLE measurements (reliable: false):" in printed
+        and "threads: 1, clock: wall, allocator: default" in printed
+    )
+    text = render_report([load_results(tmp_path / "moe.json")])
+    assert "**Unreliable measurements**:" in text and "- machine load 7.50 before the run" in text

@@ -198,11 +198,27 @@ def _save_and_print(
 ) -> None:
     from lit_nomic.bench.report import render_table
     from lit_nomic.bench.results import BenchResults, write_results
+    from lit_nomic.bench.timing import assess_reliability, machine_load
 
     settings = settings | {"malloc_tuned": args.tune_malloc, "clock": args.clock, "tag": args.tag}
-    results = BenchResults(benchmark=benchmark, command=_command(argv), rows=rows, settings=settings)
+    load_after = machine_load()
+    reliability = assess_reliability(
+        {r.name: r.times for r in rows}, getattr(args, "load_before", None), load_after
+    )
+    reliability |= {"load_before": getattr(args, "load_before", None), "load_after": load_after}
+    results = BenchResults(
+        benchmark=benchmark, command=_command(argv), rows=rows, settings=settings, reliability=reliability
+    )
     print()
     print(render_table(results))
+    print(
+        f"\nthreads: {load_after['torch_threads']}, clock: {args.clock}, "
+        f"allocator: {'glibc malloc tuned' if args.tune_malloc else 'default'}"
+    )
+    if not reliability["reliable"]:
+        print("UNRELIABLE measurements (reliable: false):")
+        for line in reliability["why"]:
+            print(f"  - {line}")
     missed = [f"{r.name}: {c.name}" for r in rows for c in r.checks if not c.met]
     print(f"\ntargets: {sum(len(r.checks) for r in rows) - len(missed)} met, {len(missed)} missed")
     for line in missed:
@@ -372,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from lit_nomic.bench.timing import machine_load
+
+    args.load_before = machine_load()  # judged with the load after the run (reliable / why)
     if args.command == "moe":
         _run_moe(args, argv)
     elif args.command == "encoder":

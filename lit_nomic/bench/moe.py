@@ -4,8 +4,12 @@ Per shape (tokens T, hidden D, expert width F, experts E, top-k k, dtype) the va
 interleaved on the same input and the same upstream gradient:
 
 - ``ours``: :class:`~lit_nomic.model.moe.MoEFeedForward` with ``moe_backend="torch"``;
-- ``loop``: the naive per-expert Python loop (:func:`~lit_nomic.model.moe_reference.reference_moe_forward`,
-  the style of contrastors' fallback and HF remote code) over the *same* parameters;
+- ``loop``: the naive per-expert Python loop (:func:`~lit_nomic.model.moe_reference.reference_moe_forward`)
+  over the *same* stacked parameters. Slicing ``w1[e]`` of one ``[E, D, F]`` parameter makes each
+  expert's backward accumulate a full ``[E, D, F]`` gradient (E² work): a pessimistic baseline;
+- ``linear_loop``: the fair loop baseline, contrastors' / HF remote code's fallback: one
+  ``nn.Linear`` pair per expert in a ``ModuleList`` (weights copied from ``ours``), the same router,
+  a Python loop over experts gathering each expert's tokens (:class:`LinearLoopMoE`);
 - ``dense``: a dense :class:`~lit_nomic.model.ffn.FeedForward` whose width is the MoE layer's active
   width ``(k + shared) x F``, i.e. the same matmul FLOPs per token. ``grouped_over_dense`` is then
   the pure overhead of routing, permuting and grouping, the number an MoE implementation is judged on;
@@ -197,6 +201,51 @@ def grid_sweep(
 
 
 # ----------------------------------------------------------------------------- variants
+class LinearLoopMoE(nn.Module):
+    """The HF / contrastors fallback MoE: ``ModuleList`` of per-expert ``fc1``/``fc2`` ``nn.Linear``,
+    a loop over experts, ``index_add_`` of the gate-weighted outputs. Routing reuses ``layer``'s
+    router (shared weights), so only the expert computation differs from ``ours``."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        from lit_nomic.model.moe import MoEFeedForward
+
+        assert isinstance(layer, MoEFeedForward)
+        self.layer = layer
+        e, d, f = layer.experts.w1.shape
+        bias = layer.experts.b1 is not None
+        w = layer.experts.w1
+        self.fc1 = nn.ModuleList(nn.Linear(d, f, bias=bias, device=w.device, dtype=w.dtype) for _ in range(e))
+        self.fc2 = nn.ModuleList(nn.Linear(f, d, bias=bias, device=w.device, dtype=w.dtype) for _ in range(e))
+        with torch.no_grad():
+            for i in range(e):
+                self.fc1[i].weight.copy_(layer.experts.w1[i].t())
+                self.fc2[i].weight.copy_(layer.experts.w2[i].t())
+                if bias:
+                    self.fc1[i].bias.copy_(layer.experts.b1[i])
+                    self.fc2[i].bias.copy_(layer.experts.b2[i])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        routing = layer.route(x)
+        weights = torch.zeros(x.shape[0], layer.num_experts, dtype=routing.gates.dtype, device=x.device)
+        rows = routing.token_index.index_select(0, routing.token_major)
+        cols = routing.expert_index.index_select(0, routing.token_major)
+        weights = weights.index_put((rows, cols), routing.gates)
+        y = torch.zeros_like(x)
+        for e in range(layer.num_experts):
+            (tokens,) = torch.nonzero(weights[:, e], as_tuple=True)
+            if tokens.numel() == 0:
+                continue
+            out = self.fc2[e](layer.act(self.fc1[e](x[tokens])))
+            y = y.index_add(0, tokens, out * weights[tokens, e].unsqueeze(1).to(out.dtype))
+        if layer.shared_expert is not None:
+            y = y + layer.shared_expert(x)
+        if layer.output_bias is not None:
+            y = y + layer.output_bias
+        return y
+
+
 def _fwd_bwd(
     forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, x: torch.Tensor, g: torch.Tensor
 ) -> Callable[[], None]:
@@ -266,6 +315,8 @@ def run_moe_row(
         "dense": _fwd_bwd(dense, dense, x, g),
         "loop": _fwd_bwd(lambda t: reference_moe_forward(ours, t), ours, x, g),
     }
+    linear_loop = LinearLoopMoE(ours).train()
+    variants["linear_loop"] = _fwd_bwd(linear_loop, linear_loop, x, g)
     notes: list[str] = []
     for backend in backends:
         layer, why = _backend_layer(ours, shape, backend, device)
@@ -302,6 +353,7 @@ def run_moe_row(
     row.metrics["ours"]["max_over_mean_expert_load"] = float(load.max() / load.mean())
     row.ratio("grouped_over_dense", "ours", "dense")
     row.ratio("loop_over_grouped", "loop", "ours")
+    row.ratio("linear_loop_over_grouped", "linear_loop", "ours")
     if "megablocks" in times:
         row.ratio("megablocks_over_grouped", "megablocks", "ours")
     if "cuda_grouped_mm" in times:
@@ -325,6 +377,11 @@ def _apply_targets(row: Row, shape: MoEShape) -> None:
     row.check(
         "not_slower_than_loop", "loop_over_grouped", ">=", 1.0, "ours never slower than the per-expert loop"
     )
+    if "linear_loop_over_grouped" in row.ratios:
+        row.check(
+            "not_slower_than_linear_loop", "linear_loop_over_grouped", ">=", 1.0,
+            "ours never slower than the nn.Linear-per-expert loop (contrastors / HF fallback)",
+        )  # fmt: skip
 
 
 def run_moe_benchmark(

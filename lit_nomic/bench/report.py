@@ -27,7 +27,10 @@ _TITLES = {
 _EXPLAIN = {
     "moe": (
         "`ours` = `MoEFeedForward` (torch backend); `dense` = a dense FFN of the same *active* width "
-        "(k x expert FFN, + shared experts); `loop` = the naive per-expert loop over the same weights. "
+        "(k x expert FFN, + shared experts); `loop` = the naive per-expert loop slicing the stacked [E, D, F] "
+        "weights (its backward accumulates into the whole stacked tensor per expert: E^2 work, a pessimistic "
+        "baseline); `linear_loop` = the contrastors / HF fallback, one `nn.Linear` pair per expert in a "
+        "`ModuleList` (the fair loop baseline, rows since issue 13). "
         "Times are medians of interleaved repetitions (IQR in parentheses). GFLOP/s counts the active "
         "expert matmuls x 3 (fwd+bwd). `grouped/dense` = ours / dense time; `loop/grouped` = loop / ours time."
     ),
@@ -95,7 +98,7 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
 
 # ----------------------------------------------------------------------------- tables
 def _moe_table(rows: Sequence[Row]) -> str:
-    extra = [v for v in ("megablocks", "cuda_grouped_mm") if any(v in r.times for r in rows)]
+    extra = [v for v in ("linear_loop", "megablocks", "cuda_grouped_mm") if any(v in r.times for r in rows)]
     header = ["shape", "ours ms", "dense ms", "loop ms", *[f"{v} ms" for v in extra]]
     header += ["ours tok/s", "ours GFLOP/s", "grouped/dense", "loop/grouped"]
     header += [f"{v}/grouped" for v in extra] + ["targets"]
@@ -230,6 +233,15 @@ def _targets_section(all_results: Sequence[BenchResults]) -> str:
     return _table(["target", "run", "met on", "worst ratio", "met everywhere"], lines)
 
 
+def _reliability_lines(results: BenchResults) -> list[str]:
+    rel = results.reliability
+    if rel is None:
+        return ["", "Reliability: not assessed (file written before the check existed)."]
+    if rel.get("reliable"):
+        return ["", "Reliability: no flag (spread within limits, no competing load, no oversubscription)."]
+    return ["", "**Unreliable measurements**:", *[f"- {w}" for w in rel.get("why", [])]]
+
+
 def render_report(all_results: Sequence[BenchResults], regenerate: str = REGENERATE) -> str:
     """The whole markdown document for the given benchmark files (in the order given)."""
     parts = [
@@ -256,13 +268,18 @@ def render_report(all_results: Sequence[BenchResults], regenerate: str = REGENER
             f"Command: `{results.command}`",
             "",
             f"Machine: {_machine_line(results.machine)}"
-            + ("; glibc malloc tuned (`--tune-malloc`)" if results.settings.get("malloc_tuned") else "")
             + (
-                "; times are process CPU time (`--clock cpu`; elapsed medians are in the JSON)"
+                "; allocator: glibc malloc tuned (`--tune-malloc`)"
+                if results.settings.get("malloc_tuned")
+                else "; allocator: default"
+            )
+            + (
+                "; clock: process CPU time (`--clock cpu`; elapsed medians are in the JSON)"
                 if results.settings.get("clock") == "cpu"
-                else ""
+                else "; clock: wall (elapsed)"
             ),
         ]
+        parts += _reliability_lines(results)
         if results.benchmark in _EXPLAIN:
             parts += ["", _EXPLAIN[results.benchmark]]
         if results.benchmark == "train" and "peak_flops_per_s" in results.settings:

@@ -31,9 +31,12 @@ class BenchResults:
     rows: list[Row]
     settings: dict[str, Any] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=machine_info)
+    reliability: dict[str, Any] | None = None
+    """``{"reliable": bool, "why": [...], "load_before": ..., "load_after": ...}``; None in files
+    written before the check existed."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": SCHEMA_VERSION,
             "benchmark": self.benchmark,
             "command": self.command,
@@ -41,6 +44,10 @@ class BenchResults:
             "settings": self.settings,
             "rows": [r.to_dict() for r in self.rows],
         }
+        if self.reliability is not None:
+            out |= {"reliable": self.reliability["reliable"], "why": self.reliability["why"]}
+            out["load"] = {k: v for k, v in self.reliability.items() if k not in ("reliable", "why")}
+        return out
 
 
 def _finite(value: Any) -> bool:
@@ -103,4 +110,13 @@ def load_results(path: str | Path) -> BenchResults:
         rows=rows,
         settings=dict(data.get("settings") or {}),
         machine=dict(data["machine"]),
+        reliability=(
+            {
+                "reliable": bool(data["reliable"]),
+                "why": list(data.get("why") or []),
+                **dict(data.get("load") or {}),
+            }
+            if "reliable" in data
+            else None
+        ),
     )

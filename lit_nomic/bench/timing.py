@@ -285,3 +285,63 @@ def machine_info() -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
         info["cuda_device"] = torch.cuda.get_device_name(0)
     return info
+
+
+# ----------------------------------------------------------------------------- trustworthiness
+SPREAD_LIMIT = 0.10
+"""A variant whose IQR exceeds this fraction of its median is too noisy to rank against another."""
+
+
+def machine_load() -> dict[str, Any]:
+    """Load average (1 min), usable cores and torch's thread counts, read now."""
+    try:
+        load1 = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on Unix
+        load1 = None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return {
+        "loadavg_1min": load1,
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+    }
+
+
+def assess_reliability(
+    times: Mapping[str, Mapping[str, Stat]],
+    load_before: Mapping[str, Any] | None,
+    load_after: Mapping[str, Any] | None,
+    spread_limit: float = SPREAD_LIMIT,
+) -> dict[str, Any]:
+    """``{"reliable": bool, "why": [...]}`` for a set of measurements (``times[row][variant]``).
+
+    Flags (each one line in ``why``): a variant whose spread across repetitions (IQR / median) is
+    above ``spread_limit``; other load on the machine (1-minute load average, before or after the
+    run, above the usable cores minus the threads this process itself runs); thread
+    oversubscription (torch threads above the usable cores). CUDA timings are flagged by spread
+    only: the GPU is not what the load average counts.
+    """
+    why: list[str] = []
+    for row, stats in times.items():
+        for variant, stat in stats.items():
+            if stat.median_ms > 0 and stat.iqr_ms / stat.median_ms > spread_limit:
+                why.append(
+                    f"{row} / {variant}: spread {100 * stat.iqr_ms / stat.median_ms:.0f}% of the median "
+                    f"(IQR {stat.iqr_ms:.3g} ms over {stat.repeats} repetitions) > {100 * spread_limit:.0f}%"
+                )
+    for when, load in (("before", load_before), ("after", load_after)):
+        if not load:
+            continue
+        cores, threads = int(load.get("usable_cores") or 1), int(load.get("torch_threads") or 1)
+        if threads > cores:
+            why.append(f"thread oversubscription: {threads} torch threads on {cores} usable cores")
+        load1 = load.get("loadavg_1min")
+        if load1 is not None and load1 > max(cores - threads, 0) + 0.5:
+            why.append(
+                f"machine load {load1:.2f} {when} the run on {cores} usable cores "
+                f"({threads} torch thread(s) of ours): other work competed for the cores"
+            )
+    return {"reliable": not why, "why": list(dict.fromkeys(why))}
