@@ -16,6 +16,8 @@ from lit_nomic.model.embedder import Embedder
 from lit_nomic.model.encoder import Encoder
 from lit_nomic.model.sources import resolve_model_path
 
+UPCYCLE_BIASES = ("auto", "drop", "keep", "strict")
+
 
 @dataclass
 class ModelSpec:
@@ -28,6 +30,13 @@ class ModelSpec:
         overrides: ``EncoderConfig`` fields changed on top of the preset/checkpoint architecture.
         tokenizer: tokenizer folder or name, needed when ``init_from`` brings none.
         upcycle_noise_std: relative noise added to each upcycled expert copy (0 = exact copies).
+        upcycle_biases: what upcycling does with the dense FFN biases (an XLM-R / nomic-xlm-2048
+            checkpoint has ``fc1``/``fc2`` biases): ``"drop"`` (contrastors' recipe for
+            nomic-embed-text-v2-moe: experts without biases, expert output bias zero-initialised),
+            ``"keep"`` (into ``b1``/``b2``/``output_bias`` where the config has them; drops silently
+            what has no place), ``"strict"`` (``"keep"``, but a non-zero bias with no place is an
+            error). ``"auto"`` (default): ``"drop"`` when the target has ``expert_bias=False``
+            (the v2 preset), else ``"strict"``.
         name: model name used in logs and result tables.
     """
 
@@ -36,11 +45,25 @@ class ModelSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     tokenizer: str | None = None
     upcycle_noise_std: float = 0.0
+    upcycle_biases: str = "auto"
     name: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset is None and self.init_from is None:
             raise ValueError("model: give a preset, an init_from checkpoint, or both")
+        if self.upcycle_biases not in UPCYCLE_BIASES:
+            raise ValueError(
+                f"model.upcycle_biases={self.upcycle_biases!r} is not one of {', '.join(UPCYCLE_BIASES)}"
+            )
+
+    def upcycle_kwargs(self, target: EncoderConfig) -> dict[str, Any]:
+        """The bias arguments of :func:`lit_nomic.model.weights.upcycle` for this policy."""
+        policy = self.upcycle_biases
+        if policy == "auto":
+            policy = "drop" if not target.expert_bias else "strict"
+        if policy == "drop":
+            return {"dense_biases": "drop", "strict_biases": False}
+        return {"dense_biases": "keep", "strict_biases": policy == "strict"}
 
 
 def target_config(spec: ModelSpec, source: EncoderConfig | None) -> EncoderConfig:
@@ -61,7 +84,9 @@ def build_embedder(spec: ModelSpec) -> Embedder:
     config = target_config(spec, source.config)
     name = spec.name or source.name
     if config.is_moe and not source.config.is_moe:
-        embedder = source.upcycled(config, name=name, noise_std=spec.upcycle_noise_std)
+        embedder = source.upcycled(
+            config, name=name, noise_std=spec.upcycle_noise_std, **spec.upcycle_kwargs(config)
+        )
     else:
         encoder = Encoder(config)
         encoder.load_state_dict(source.encoder.state_dict())

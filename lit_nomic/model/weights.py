@@ -508,6 +508,7 @@ def upcycle(
     noise_std: float = 0.0,
     seed: int = 0,
     strict_biases: bool = True,
+    dense_biases: str = "keep",
 ) -> dict[str, torch.Tensor]:
     """Sparse upcycling (Komatsuzaki et al. 2023): every dense FFN in an MoE layer becomes E experts.
 
@@ -521,7 +522,14 @@ def upcycle(
     Returns every MoE-model key it can derive; keys it cannot (shared experts, balancing buffers)
     are left out for :func:`upcycle_encoder` to keep at their fresh init. ``strict_biases`` makes a
     dense bias with no place in the MoE config an error (the Nomic v2 recipe drops them: pass False).
+
+    ``dense_biases``: ``"keep"`` (above) or ``"drop"``, contrastors' upcycling of nomic-xlm-2048 into
+    nomic-embed-text-v2-moe: the dense ``fc1``/``fc2`` biases are not carried into the experts (zero
+    ``b1``/``b2`` where the config has them) and the expert output bias starts at zero; never an error.
     """
+    if dense_biases not in ("keep", "drop"):
+        raise ValueError(f"upcycle: dense_biases must be 'keep' or 'drop', got {dense_biases!r}")
+    drop = dense_biases == "drop"
     for name in _UPCYCLE_SAME:
         if getattr(dense_config, name) != getattr(moe_config, name):
             raise ConversionError(
@@ -551,6 +559,8 @@ def upcycle(
         src, dst = f"blocks.{layer}.ffn.", f"blocks.{layer}.ffn."
         w1_FD, w2_DF = dense_state_dict[src + "fc1.weight"], dense_state_dict[src + "fc2.weight"]
         b1_F, b2_D = dense_state_dict.get(src + "fc1.bias"), dense_state_dict.get(src + "fc2.bias")
+        if drop:
+            b1_F = b2_D = None
         slices = [slice((i % n_slices) * f_expert, (i % n_slices + 1) * f_expert) for i in range(e)]
         w1 = torch.stack([w1_FD[s].T for s in slices])  # [E, D, F]
         w2 = torch.stack([w2_DF[:, s].T for s in slices])  # [E, F, D]
