@@ -104,6 +104,19 @@ def test_ties_count_for_the_pair_and_same_query_positives_do_not_count() -> None
     assert ranks.tolist() == [2]  # d0 ties d1: not counted against it, d2 is
 
 
+def test_ivf_probing_every_list_matches_exact_search() -> None:
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((400, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = docs[:50] + 0.5 * rng.standard_normal((50, 16)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    pq, pd = np.arange(50), np.arange(50)
+    exact, _ = pair_ranks(queries, docs, pq, pd, depth=10, backend="torch")
+    ivf, _ = pair_ranks(queries, docs, pq, pd, depth=10, backend="faiss-ivf", ivf=(8, 8))
+    assert ivf.tolist() == exact.tolist() and len(set(exact.tolist())) > 2
+
+
 def test_faiss_and_torch_keep_the_same_pairs(minilm, medquad_pairs: Path, tmp_path: Path) -> None:
     pytest.importorskip("faiss")
     _run(minilm, medquad_pairs, tmp_path / "t", search="torch")

@@ -446,7 +446,7 @@ def _search_and_write(
         "sources": [
             {
                 "name": "mined",
-                "path": str(out / "triplets.jsonl"),
+                "path": str((out / "triplets.jsonl").resolve()),
                 "format": "jsonl",
                 "num_negatives": s.minimum,
             }
