@@ -239,6 +239,44 @@ def table(
     return {k: str(v) for k, v in paths.items()}
 
 
+def export(
+    model: str,
+    format: Literal["sentence-transformers", "nomic", "onnx"],
+    output: str,
+    quantize: Literal["int8"] | None = None,
+) -> str:
+    """Export a trained model for use outside lit_nomic.
+
+    Formats: ``sentence-transformers`` (a folder ``SentenceTransformer(DIR)`` loads offline: a plain
+    BertModel for BERT-compatible dense models, else lit_nomic's own input module, which
+    sentence-transformers >= 6 loads with ``trust_remote_code=True``), ``nomic`` (the released
+    nomic-embed-text-v2-moe layout: NomicBERT names, config.json fields and model_type) and ``onnx``
+    (one graph, dynamic batch and length, routing in the graph; checked against PyTorch before it is
+    written). Every folder gets a README.md model card and is written as a whole (0644 files). A
+    model a format cannot express is refused in one line and nothing is written.
+
+    Args:
+        model: a model folder, a packaged name, a training checkpoint (.ckpt or sharded folder, read
+            as data only) or a run folder (``runs/<run>`` or ``runs/sweeps/<sweep>/<run>``: its
+            ``model/``, with ``config.yaml`` and ``eval/`` feeding the model card).
+        format: sentence-transformers, nomic or onnx.
+        output: the folder to write (an existing one is replaced only if it holds export files only).
+        quantize: ``int8`` adds ``model_int8.onnx`` (onnxruntime dynamic quantisation; onnx only).
+    """
+    from lit_nomic.export.api import export_model
+
+    try:
+        target = export_model(model, format, output, quantize=quantize)
+    except ImportError as err:
+        raise SystemExit(
+            f"lit-nomic export: error: {err} (pip install 'lit-nomic[onnx]' for --format onnx)"
+        ) from err
+    except FileExistsError as err:
+        raise SystemExit(f"lit-nomic export: error: {err}") from err
+    print(f"exported {model} as {format} to {target}")
+    return str(target)
+
+
 def load_any_model(model: str):  # noqa: ANN201 - returns an Embedder; imported lazily
     """An Embedder from a folder, a packaged name, a Hub id, or a Lightning checkpoint.
 
@@ -323,6 +361,7 @@ def _commands() -> dict[str, tuple[Callable, str]]:
             evaluate,
             "evaluate a model on BEIR/MIRACL/XQuAD-R retrieval, STS or bitext; write result JSONs",
         ),
+        "export": (export, "export a model as a sentence-transformers folder, the NomicBERT layout or ONNX"),
         "filter": (filter_pairs, "consistency filtering: keep pairs whose document ranks top-k in its chunk"),
         "mine": (mine, "hard-negative mining with a teacher: negatives below a margin of the positive"),
     }

@@ -36,7 +36,7 @@ from lit_nomic.model.weights import (
     upcycle_encoder,
 )
 
-__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "Embedder", "check_finite_tensors"]
+__all__ = ["FORMAT_KEY", "FORMAT_VERSION", "Embedder", "check_finite_tensors", "save_tokenizer"]
 
 # config.json of our folders = EncoderConfig.to_dict() plus this one key.
 FORMAT_KEY = "_lit_nomic"
@@ -132,25 +132,108 @@ class Embedder(nn.Module):
         return input_ids.to(device), mask.to(device)
 
     # ------------------------------------------------------------------ encode
+    @property
+    def prompts(self) -> dict[str, str]:
+        """sentence-transformers style prompts: ``{"query": ..., "document": ...}``."""
+        return {"query": self.query_prefix, "document": self.document_prefix}
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """The embedding width (sentence-transformers' name for :attr:`embedding_dim`)."""
+        return self.embedding_dim
+
     def encode(
         self,
         texts: list[str],
-        prefix: str = "",
+        prefix: str | None = None,
         batch_size: int = 64,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
         max_length: int | None = None,
         matryoshka_dim: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> torch.Tensor:
-        """Embed ``texts`` (each prefixed with ``prefix``) -> float32 [N, D] on CPU, L2-normalised.
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        normalize_embeddings: bool | None = None,
+        convert_to_numpy: bool | None = None,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+        truncate_dim: int | None = None,
+    ) -> Any:
+        """Embed ``texts`` into L2-normalised float32 rows, in input order.
+
+        Two calling styles share this method:
+
+        * sentence-transformers style (``encode(texts, prompt_name="query")``): returns a numpy
+          array ``[N, D]`` by default (``convert_to_tensor=True`` or ``convert_to_numpy=False``: a
+          CPU tensor). ``prompt_name`` is ``"query"`` or ``"document"`` (the model's prefixes, see
+          :attr:`prompts`), ``prompt`` an explicit string; ``show_progress_bar``,
+          ``normalize_embeddings`` (embeddings are normalised anyway unless the model has no
+          normalisation and this is False) and ``truncate_dim`` (Matryoshka) as in
+          sentence-transformers.
+        * the evaluation protocol (``encode(texts, prefix=..., batch_size=..., show_progress=...)``,
+          and ``max_length``/``matryoshka_dim``/``dtype``): returns a float32 CPU tensor, as every
+          evaluator and benchmark of this project expects. Any of those keywords selects it.
 
         ``device`` moves the model there (as sentence-transformers does); ``dtype`` (bf16/fp16)
         runs the forward under autocast while weights keep their dtype (load with
         ``from_pretrained(dtype=...)`` to store them in half precision instead).
         """
+        legacy = any(v is not None for v in (prefix, show_progress, max_length, matryoshka_dim, dtype))
+        if convert_to_tensor or convert_to_numpy is False:
+            as_numpy = False
+        elif convert_to_numpy:
+            as_numpy = True
+        else:
+            as_numpy = not legacy
         if isinstance(texts, str):
-            raise TypeError("encode takes a list of texts, got a single str")
+            raise TypeError("encode takes a list of texts, got a single str (wrap it: [text])")
+        text_prefix = self._resolve_prompt(prefix, prompt_name, prompt)
+        progress = bool(show_progress if show_progress is not None else show_progress_bar)
+        dim_arg = matryoshka_dim if matryoshka_dim is not None else truncate_dim
+        emb = self._encode(
+            list(texts),
+            text_prefix,
+            batch_size,
+            progress,
+            max_length,
+            dim_arg,
+            device,
+            dtype,
+            normalize=normalize_embeddings is not False,
+        )
+        return emb.numpy() if as_numpy else emb
+
+    def _resolve_prompt(self, prefix: str | None, prompt_name: str | None, prompt: str | None) -> str:
+        given = [
+            name
+            for name, v in (("prefix", prefix), ("prompt", prompt), ("prompt_name", prompt_name))
+            if v is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"encode: give one of prefix, prompt, prompt_name; got {', '.join(given)}")
+        if prompt_name is not None:
+            aliases = {"passage": "document", "corpus": "document", "doc": "document"}
+            key = aliases.get(prompt_name, prompt_name)
+            if key not in self.prompts:
+                raise ValueError(
+                    f"encode: unknown prompt_name {prompt_name!r}; this model has {sorted(self.prompts)}"
+                )
+            return self.prompts[key]
+        return prompt if prompt is not None else (prefix or "")
+
+    def _encode(
+        self,
+        texts: list[str],
+        prefix: str,
+        batch_size: int,
+        show_progress: bool,
+        max_length: int | None,
+        matryoshka_dim: int | None,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+        normalize: bool = True,
+    ) -> torch.Tensor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         from tqdm.auto import tqdm
@@ -181,13 +264,28 @@ class Embedder(nn.Module):
                     rows = order[start : start + batch_size]
                     input_ids, mask = self.collate([ids[i] for i in rows], run_device)
                     emb = self.encoder(input_ids, mask, matryoshka_dim=matryoshka_dim).embeddings
-                    if not self.config.normalize:
+                    if not self.config.normalize and normalize:
                         emb = F.normalize(emb.float(), dim=-1)
                     out[torch.tensor(rows)] = emb.float().cpu()
                     bar.update(len(rows))
         finally:
             self.train(was_training)
         return out
+
+    def similarity(self, a: Any, b: Any) -> torch.Tensor:
+        """Cosine similarity matrix ``[len(a), len(b)]`` of two sets of embeddings (numpy or torch),
+        as sentence-transformers' ``similarity`` (a float32 tensor; 1-D inputs count as one row)."""
+        ta, tb = (torch.as_tensor(x, dtype=torch.float32) for x in (a, b))
+        ta, tb = (x.unsqueeze(0) if x.dim() == 1 else x for x in (ta, tb))
+        return F.normalize(ta, dim=-1) @ F.normalize(tb, dim=-1).T
+
+    def encode_query(self, texts: list[str], **kwargs: Any) -> Any:
+        """sentence-transformers' ``encode_query``: ``encode(texts, prompt_name="query")`` (numpy)."""
+        return self.encode(texts, prompt_name="query", **kwargs)
+
+    def encode_document(self, texts: list[str], **kwargs: Any) -> Any:
+        """sentence-transformers' ``encode_document``: ``encode(texts, prompt_name="document")`` (numpy)."""
+        return self.encode(texts, prompt_name="document", **kwargs)
 
     def encode_queries(self, texts: list[str], **kwargs: Any) -> torch.Tensor:
         return self.encode(texts, prefix=self.query_prefix, **kwargs)
@@ -212,25 +310,37 @@ class Embedder(nn.Module):
         Files are world-readable (0644), like every result this project writes. Non-finite weights
         (a diverged run) are refused before anything is written.
         """
+        directory = Path(directory)
+        self._check_finite(f"{directory}: refusing to export")
+        with atomic_folder(directory, replaceable=_only_export_files) as tmp:
+            self.write_model_files(tmp)
+        return directory
+
+    def _check_finite(self, context: str) -> dict[str, torch.Tensor]:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.encoder.state_dict().items()}
+        check_finite_tensors(tensors, context)
+        return tensors
+
+    def write_model_files(self, folder: str | os.PathLike) -> None:
+        """Write config.json, model.safetensors and the tokenizer into an existing ``folder``.
+
+        Each file is written atomically and made world-readable (0644); the folder as a whole is not
+        (that is :meth:`save_pretrained`'s job). Exporters that assemble a larger folder (the
+        sentence-transformers layout) call this inside their own :func:`~lit_nomic.fileio.atomic_folder`.
+        """
         from safetensors.torch import save
 
-        directory = Path(directory)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.encoder.state_dict().items()}
-        check_finite_tensors(tensors, f"{directory}: refusing to export")
+        folder = Path(folder)
+        tensors = self._check_finite(f"{folder}: refusing to export")
         config = self.config.to_dict()
         config[FORMAT_KEY] = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "max_seq_length": self.max_seq_length,
         }
-        with atomic_folder(directory, replaceable=_only_export_files) as tmp:
-            atomic_write_bytes(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-            atomic_write_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(str(tmp))
-            for entry in tmp.rglob("*"):  # tokenizer files follow the umask; make them shareable too
-                os.chmod(entry, FOLDER_MODE if entry.is_dir() else FILE_MODE)
-        return directory
+        atomic_write_bytes(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+        atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+        save_tokenizer(self.tokenizer, folder)
 
     @classmethod
     def from_pretrained(
@@ -331,6 +441,17 @@ def _only_export_files(folder: Path) -> bool:
             f"({', '.join(others[:5])}{' ...' if len(others) > 5 else ''}); choose a new or empty folder"
         )
     return True
+
+
+def save_tokenizer(tokenizer: Any, folder: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained(folder)`` (if any), its files made world-readable (they follow the umask)."""
+    if tokenizer is None:
+        return
+    before = {p for p in Path(folder).rglob("*")}
+    tokenizer.save_pretrained(str(folder))
+    for entry in Path(folder).rglob("*"):
+        if entry not in before:
+            os.chmod(entry, FOLDER_MODE if entry.is_dir() else FILE_MODE)
 
 
 def check_finite_tensors(tensors: dict[str, torch.Tensor], context: str) -> None:
