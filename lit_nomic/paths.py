@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -20,13 +21,39 @@ DATA_ENV = "LIT_NOMIC_DATA"
 CACHE_ENV = "LIT_NOMIC_CACHE"
 
 # Public sources of datasets we know how to lay out: relative path -> (zip URL, folder inside the zip).
+# The BEIR zips of the 15 public BEIR datasets of MTEB's English retrieval (``--data beir-paper``);
+# ``cqadupstack`` unpacks to one BEIR folder per forum (``cqadupstack/<forum>/``).
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 PUBLIC_DATASETS: dict[str, tuple[str, str]] = {
-    f"beir/{name}": (f"https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip", name)
+    f"beir/{name}": (BEIR_URL.format(name=name), name)
     for name in (
         "scifact", "nfcorpus", "arguana", "scidocs", "fiqa", "trec-covid", "quora", "nq", "hotpotqa",
-        "fever", "climate-fever", "dbpedia-entity", "msmarco", "webis-touche2020",
+        "fever", "climate-fever", "dbpedia-entity", "msmarco", "webis-touche2020", "cqadupstack",
     )
 }  # fmt: skip
+
+# Datasets that cannot be downloaded here (gated or too large for one zip): relative path prefix ->
+# what to fetch by hand. MIRACL's topics/qrels and corpus live in two Hugging Face dataset repos.
+MANUAL_DATASETS: dict[str, str] = {
+    "miracl": (
+        "fetch MIRACL by hand: for each language <lang>, topics/topics.miracl-v1.0-<lang>-dev.tsv and "
+        "qrels/qrels.miracl-v1.0-<lang>-dev.tsv from the folder miracl-v1.0-<lang> of the Hugging Face "
+        "dataset miracl/miracl, and docs-*.jsonl.gz from miracl-corpus-v1.0-<lang> of miracl/miracl-corpus "
+        "into miracl/<lang>/corpus/"
+    ),
+}
+
+
+def fetch_hint(key: str) -> str | None:
+    """What to fetch (URL or manual steps) for a dataset path relative to the data root, if known."""
+    key = Path(key).as_posix().strip("/")
+    if key in PUBLIC_DATASETS:
+        url, inner = PUBLIC_DATASETS[key]
+        return f"download {url} and unzip its folder {inner!r} there"
+    for prefix, hint in MANUAL_DATASETS.items():
+        if key == prefix or key.startswith(prefix + "/"):
+            return hint
+    return None
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -61,16 +88,25 @@ def resolve_dataset(
     cached = cache_root() / "datasets" / key
     if cached.exists():
         return cached
+    rooted_str = str(rooted)
     hint = f"set {DATA_ENV} (or pass data_root) to the folder that holds it"
     if download and key in PUBLIC_DATASETS:
         url, inner = PUBLIC_DATASETS[key]
         try:
             return download_zip_dataset(url, inner, cached)
-        except OSError as err:
+        except (OSError, zipfile.BadZipFile) as err:
+            reason = " ".join(str(err).split())  # one line, whatever the OS put in the message
             raise FileNotFoundError(
-                f"dataset {key!r} is not under the data root {str(data_root(root))!r} and downloading it "
-                f"from {url} failed ({err}); {hint}"
+                f"dataset {key!r} is missing: no folder {rooted_str} (data root {str(data_root(root))!r}) and "
+                f"downloading it from {url} failed ({reason}); fetch that zip by hand and unzip its folder "
+                f"{inner!r} to {rooted_str}, or {hint}"
             ) from err
+    manual = fetch_hint(key)
+    if manual is not None:
+        raise FileNotFoundError(
+            f"dataset {key!r} is missing: no folder {rooted_str} (data root {str(data_root(root))!r}); it is "
+            f"not downloaded automatically: {manual}; or {hint}"
+        )
     raise FileNotFoundError(
         f"dataset {str(path)!r} not found as a path nor under the data root {str(data_root(root))!r}; {hint}"
     )
@@ -81,6 +117,7 @@ def download_zip_dataset(url: str, inner: str, target: Path, timeout: float = 60
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         archive = Path(tmp) / "download.zip"
+        print(f"downloading {url} -> {target}", file=sys.stderr)
         with urllib.request.urlopen(url, timeout=timeout) as response, archive.open("wb") as out:
             shutil.copyfileobj(response, out)
         with zipfile.ZipFile(archive) as zf:

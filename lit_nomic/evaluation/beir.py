@@ -1,5 +1,8 @@
 """BEIR-format folders: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
 
+A BEIR *collection* is a folder of such folders, one per subset: CQADupStack ships as
+``cqadupstack/<forum>/`` (12 forums), each scored on its own and averaged, as MTEB does.
+
 The loader is strict on purpose: a duplicated id or a qrels row pointing at a missing document
 does not crash BEIR's own loader, it silently changes the score. Every error names the file, the
 line and the offending id. It is at least as strict as the training reader
@@ -20,14 +23,28 @@ from lit_nomic.evaluation.retrieval_data import Document, RetrievalDataset
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
-# BEIR tasks whose queries are also corpus documents (mteb sets ignore_identical_ids for these).
-IDENTICAL_ID_TASKS = frozenset({"arguana", "quora"})
+# BEIR tasks where a document with the query's own id is never retrieved for it, as mteb's tasks set
+# ignore_identical_ids (ArguAna, FEVER, FiQA2018, MSMARCO, QuoraRetrieval): in ArguAna and Quora the
+# queries are corpus documents; in FiQA and MS MARCO numeric query and document ids collide.
+IDENTICAL_ID_TASKS = frozenset({"arguana", "fever", "fiqa", "msmarco", "quora"})
 
 
 def is_beir_folder(path: Path) -> bool:
     return (
         (path / "corpus.jsonl").is_file() and (path / "queries.jsonl").is_file() and (path / "qrels").is_dir()
     )
+
+
+def beir_subsets(path: Path) -> list[str]:
+    """The BEIR folders directly inside ``path`` (CQADupStack's forums), sorted."""
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and is_beir_folder(p))
+
+
+def is_beir_collection(path: Path) -> bool:
+    """A folder that is not itself BEIR but holds BEIR folders (``cqadupstack/<forum>/``)."""
+    return path.is_dir() and not is_beir_folder(path) and bool(beir_subsets(path))
 
 
 def beir_splits(path: Path) -> list[str]:

@@ -3,6 +3,13 @@
 ``evaluate`` resolves the data argument, runs every task with one shared embedding cache, writes
 one result JSON per setting (see ``results.IDENTITY_FIELDS``: dataset, split, language, dim,
 prefixes, max length, search settings ...) and returns the records.
+
+Precision is part of a result's identity: an encoder whose weights are not float32 (``dtype=``
+casts a torch module, e.g. to bfloat16) gets ``settings.dtype`` in every result, so its files
+never replace the float32 ones. float32, the precision of every earlier result, is not written into
+``settings`` (those ids stay valid); ``extra.dtype`` and ``extra.device`` always say what ran. The
+recorded ``model_hash`` is that of the weights as given, before any cast; the embedding cache keys
+on it plus the dtype.
 """
 
 from __future__ import annotations
@@ -12,10 +19,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lit_nomic.evaluation.beir import load_beir
+import torch
+
+from lit_nomic.evaluation.beir import beir_subsets, is_beir_folder, load_beir
 from lit_nomic.evaluation.bitext import evaluate_bitext, load_tatoeba, tatoeba_languages
 from lit_nomic.evaluation.cache import EmbeddingCache
 from lit_nomic.evaluation.miracl import is_miracl_language_folder, load_miracl, miracl_languages
@@ -67,11 +77,18 @@ def _pick_languages(spec: TaskSpec, available: Sequence[str]) -> list[str]:
 def _retrieval_datasets(spec: TaskSpec) -> list[RetrievalDataset]:
     opts = dict(spec.options)
     if spec.kind == "beir":
-        datasets = [
-            load_beir(
-                spec.path, spec.split, name=spec.name, ignore_identical_ids=opts.get("ignore_identical_ids")
-            )
-        ]
+        identical = opts.get("ignore_identical_ids")
+        if is_beir_folder(spec.path):
+            datasets = [load_beir(spec.path, spec.split, name=spec.name, ignore_identical_ids=identical)]
+        else:  # a collection (CQADupStack): one result per forum, in the language field
+            subsets = _pick_languages(spec, beir_subsets(spec.path))
+            datasets = [
+                replace(
+                    load_beir(spec.path / sub, spec.split, name=spec.name, ignore_identical_ids=identical),
+                    language=sub,
+                )
+                for sub in subsets
+            ]
     elif spec.kind == "miracl":
         if is_miracl_language_folder(spec.path):
             datasets = [load_miracl(spec.path, spec.split)]
@@ -95,6 +112,37 @@ def _retrieval_datasets(spec: TaskSpec) -> list[RetrievalDataset]:
     return datasets
 
 
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _place(
+    encoder: TextEncoder, device: str | None, dtype: str | torch.dtype | None
+) -> tuple[str | None, str | None]:
+    """Move/cast a torch encoder in place; return the (dtype, device) it now runs in, where known."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    module = encoder if isinstance(encoder, torch.nn.Module) else None
+    if module is None:
+        if dtype is not None or device is not None:
+            raise ValueError(
+                f"encoder {encoder.name!r} ({type(encoder).__name__}) is not a torch module: "
+                "device/dtype cannot be set here (configure the encoder itself)"
+            )
+        return None, None
+    if dtype is not None or device is not None:
+        module.to(device=device, dtype=dtype)
+    floating = [t for t in module.parameters() if t.is_floating_point()]
+    if not floating:
+        return None, None
+    return str(floating[0].dtype).removeprefix("torch."), floating[0].device.type
+
+
 def evaluate(
     encoder: TextEncoder,
     data: str | os.PathLike,
@@ -111,6 +159,8 @@ def evaluate(
     search_backend: SearchBackend = "torch",
     top_k: int = 1000,
     show_progress: bool = False,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate ``encoder`` on ``data`` and write one JSON per result under ``output_dir``.
 
@@ -118,11 +168,19 @@ def evaluate(
     folder whose layout is auto-detected (BEIR, MIRACL, XQuAD-R, STS, Tatoeba) or a YAML file
     listing several. Prefixes default to the encoder's; STS and bitext use ``encoder.prompts``
     (mteb-style, e.g. ``{"STS": "classification: "}``) or no prefix.
+
+    ``device`` / ``dtype`` (``float32``, ``bfloat16``, ``float16``) move and cast a torch encoder
+    in place before encoding (the module docstring says how precision enters the result identity).
     """
     specs = resolve_data(data, split, languages, data_root)
     root = default_data_root(data_root)
     cache = EmbeddingCache(cache_dir)
-    model_hash = encoder_fingerprint(encoder)
+    model_hash = encoder_fingerprint(encoder)  # the weights as given: a cast changes no provenance
+    dtype_name, device_name = _place(encoder, device, dtype)
+    # the vectors differ with precision, so the cache key does too (float32 keeps the old keys)
+    cache_hash = model_hash if dtype_name in (None, "float32") else f"{model_hash}|{dtype_name}"
+    precision: dict[str, Any] = {} if dtype_name in (None, "float32") else {"dtype": dtype_name}
+    placed = {k: v for k, v in (("dtype", dtype_name), ("device", device_name)) if v is not None}
     max_length = encoder_max_length(encoder)
     q_prefix = encoder.query_prefix if query_prefix is None else query_prefix
     d_prefix = encoder.document_prefix if document_prefix is None else document_prefix
@@ -144,24 +202,27 @@ def evaluate(
 
     for spec in specs:
         if spec.kind in ("beir", "miracl", "xquad_r"):
+            # Quora-style symmetric retrieval: documents are questions too, embedded like the queries
+            spec_d_prefix = q_prefix if spec.options.get("doc_as_query") else d_prefix
             for ds in _retrieval_datasets(spec):
                 t0 = time.perf_counter()
                 out = evaluate_retrieval(
                     encoder,
                     ds,
                     query_prefix=q_prefix,
-                    document_prefix=d_prefix,
+                    document_prefix=spec_d_prefix,
                     batch_size=batch_size,
                     matryoshka_dim=matryoshka_dim,
                     search_config=search_config,
                     cache=cache,
-                    model_hash=model_hash,
+                    model_hash=cache_hash,
                     show_progress=show_progress,
                 )
                 settings: dict[str, Any] = {
                     "search_backend": search_backend,
                     "top_k": top_k,
                     "ignore_identical_ids": ds.ignore_identical_ids,
+                    **precision,
                 }
                 if "subsample" in ds.extra:
                     settings["subsample"] = ds.extra["subsample"]
@@ -185,7 +246,7 @@ def evaluate(
                         language=ds.language,
                         metrics=out.metrics,
                         query_prefix=q_prefix,
-                        document_prefix=d_prefix,
+                        document_prefix=spec_d_prefix,
                         matryoshka_dim=matryoshka_dim,
                         max_length=max_length,
                         settings=settings,
@@ -194,7 +255,7 @@ def evaluate(
                         eval_time_s=time.perf_counter() - t0,
                         counts=out.counts,
                         timings=out.timings,
-                        extra={"source": portable_source(ds.source or spec.path, root), **ds.extra},
+                        extra={"source": portable_source(ds.source or spec.path, root), **ds.extra, **placed},
                     )
                 )
         elif spec.kind in ("sts", "bitext"):
@@ -220,7 +281,7 @@ def evaluate(
                     batch_size=batch_size,
                     matryoshka_dim=matryoshka_dim,
                     cache=cache,
-                    model_hash=model_hash,
+                    model_hash=cache_hash,
                 )
                 emit(
                     build_result(
@@ -232,10 +293,11 @@ def evaluate(
                         prefix=prefix,
                         matryoshka_dim=matryoshka_dim,
                         max_length=max_length,
+                        settings=precision,
                         eval_time_s=time.perf_counter() - t0,
                         counts=counts,
                         timings=timings,
-                        extra=extra,
+                        extra={**extra, **placed},
                         **where,
                     )
                 )
