@@ -135,6 +135,8 @@ def evaluate(
     search: Literal["torch", "faiss"] = "torch",
     data_root: str | None = None,
     name: str | None = None,
+    device: str | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
 ) -> list[dict]:
     """Evaluate a model on retrieval (BEIR, MIRACL, XQuAD-R), STS or bitext data; print the table.
 
@@ -142,15 +144,20 @@ def evaluate(
     ``lit-nomic table``); the file name ends in a short hash of every score-changing setting
     (prefixes, ``max_length``, dim, search ...), so different settings never overwrite each other.
     Bad input (a missing folder, a malformed line, a truncated ``.gz``) ends with one line naming the
-    file and line.
+    file and line. Named BEIR datasets missing from the data root are downloaded (into
+    ``$LIT_NOMIC_CACHE``, default ``~/.cache/lit_nomic``); what cannot be (offline, or MIRACL, which
+    is fetched by hand) ends with one line naming the missing folder and what to fetch.
 
     Args:
         model: our saved folder or a Hugging Face / sentence-transformers folder (config.json plus
             safetensors, never unpickled), a packaged name such as ``all-minilm-l6-v2``, or a training
             checkpoint (.ckpt, or a sharded folder with meta.pt) read as data only: pickled objects
             other than tensors and lit_nomic's config classes are refused, never run.
-        data: a dataset folder (layout auto-detected), a named suite (``scifact``, ``xquad_r``,
-            ``stsb_multi_mt``, ``tatoeba``) or a YAML listing several.
+        data: a dataset folder (layout auto-detected), a named dataset (``scifact``, ``xquad_r``,
+            ``stsb_multi_mt``, ``tatoeba``, ``miracl``, any BEIR folder name such as ``quora``), a
+            named suite of the Nomic Embed v2 paper (``beir-paper``: the 15 BEIR datasets of MTEB
+            retrieval, CQADupStack averaged over its 12 forums; ``miracl-dev``: MIRACL dev in 16
+            languages; both fix their splits) or a YAML listing several.
         split: the qrels / data split.
         output: folder for the result JSON files.
         matryoshka_dim: truncate embeddings to this many dims and re-normalise.
@@ -163,6 +170,10 @@ def evaluate(
         search: exact search backend.
         data_root: the data root (default ``$LIT_NOMIC_DATA``).
         name: model name in the result files and tables (default: the model's own).
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (default: ``cuda`` when available, else ``cpu``).
+        dtype: ``float32``, ``bfloat16`` or ``float16``: the weights are cast to it. It changes the
+            scores, so a non-float32 dtype is part of each result's identity (``settings.dtype``) and
+            file name; float32 results keep the ids they always had.
     """
     import csv
 
@@ -171,6 +182,18 @@ def evaluate(
 
     if max_length is not None and max_length < 1:
         raise SystemExit(f"lit-nomic eval: error: --max_length must be positive, got {max_length}")
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise SystemExit(
+            f"lit-nomic eval: error: --device {device!r} is not a device (cpu, cuda, cuda:N)"
+        ) from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"lit-nomic eval: error: --device {device} but torch sees no CUDA device")
     embedder = load_any_model(model)
     if name:
         embedder.name = name
@@ -191,6 +214,8 @@ def evaluate(
             data_root=data_root,
             search_backend=search,
             show_progress=True,
+            device=device,
+            dtype=dtype,
         )
     except (ValueError, OSError, EOFError, csv.Error) as err:  # loaders name the file and line
         print(f"lit-nomic eval: error: {err}", file=sys.stderr)
