@@ -98,3 +98,30 @@ def test_export_refusals_are_one_line(
     with pytest.raises(SystemExit, match="refusing to replace"):
         main(["export", "--model", str(run_dir), "--format", "nomic", "--output", str(keep)])
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_export_a_checkpoint_of_a_run(run_dir: Path, minilm_dir: Path, tmp_path: Path) -> None:
+    """A .ckpt under <run>/checkpoints/ is read as data; the run's config.yaml still feeds the card."""
+    import torch
+
+    from lit_nomic.training.export import ENCODER_PREFIX
+    from lit_nomic.training.module import CHECKPOINT_KEY
+
+    model = Embedder.from_pretrained(run_dir / "model")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(exist_ok=True)
+    checkpoint = {
+        "state_dict": {ENCODER_PREFIX + k: v for k, v in model.encoder.state_dict().items()},
+        CHECKPOINT_KEY: {
+            "encoder_config": model.config.to_dict(),
+            "max_seq_length": 64,
+            "tokenizer": str(minilm_dir),
+            "name": "tiny-run",
+        },
+    }
+    torch.save(checkpoint, ckpt)
+    out = tmp_path / "nomic"
+    main(["export", "--model", str(ckpt), "--format", "nomic", "--output", str(out)])
+    assert "training data: scifact" in (out / "README.md").read_text()
+    texts = ["routing tokens", "experts"]
+    np.testing.assert_array_equal(Embedder.from_pretrained(out).encode(texts), model.encode(texts))
