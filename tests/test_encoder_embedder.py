@@ -43,7 +43,7 @@ def test_minilm_matches_sentence_transformers(
     assert max(lengths) == 256 and min(lengths) < 16  # truncation and short texts both exercised
     st = SentenceTransformer(str(minilm_dir), device="cpu")
     expected = st.encode(scifact_texts, batch_size=16, convert_to_tensor=True).float()
-    ours = minilm.encode(scifact_texts, batch_size=16)
+    ours = minilm.encode(scifact_texts, batch_size=16, convert_to_tensor=True)
     assert ours.dtype == torch.float32 and ours.shape == (32, 384)
     assert (ours - expected).abs().max().item() <= 1e-5
 
@@ -63,10 +63,10 @@ def test_encode_restores_order_and_is_batch_size_invariant(minilm: Embedder) -> 
         "mid length text here",
         "x",
     ]
-    full = minilm.encode(texts, batch_size=64)
-    tiny = minilm.encode(texts, batch_size=1)
+    full = minilm.encode(texts, batch_size=64, convert_to_tensor=True)
+    tiny = minilm.encode(texts, batch_size=1, convert_to_tensor=True)
     torch.testing.assert_close(tiny, full, rtol=0, atol=1e-5)
-    reversed_ = minilm.encode(texts[::-1], batch_size=3)
+    reversed_ = minilm.encode(texts[::-1], batch_size=3, convert_to_tensor=True)
     torch.testing.assert_close(reversed_, full.flip(0), rtol=0, atol=1e-5)
     torch.testing.assert_close(full.norm(dim=-1), torch.ones(4))
     with_prefix = minilm.encode(["x"], prefix="query: ")
@@ -107,7 +107,9 @@ def test_save_pretrained_round_trip(name: str, minilm: Embedder, tmp_path: Path)
     assert loaded.config == config and loaded.name == f"my-{name}" and loaded.max_seq_length == 64
     assert loaded.query_prefix == "q: " and loaded.model_hash == original.model_hash
     texts = ["first text to embed", "second, somewhat longer, text to embed for the round trip"]
-    assert torch.equal(loaded.encode(texts), original.encode(texts))
+    assert torch.equal(
+        loaded.encode(texts, convert_to_tensor=True), original.encode(texts, convert_to_tensor=True)
+    )
 
 
 def test_from_pretrained_errors(tmp_path: Path) -> None:

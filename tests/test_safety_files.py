@@ -44,7 +44,7 @@ def test_txt_rows_are_lines(model_dir: Path, tmp_path: Path) -> None:
     lines = ["alpha beta", "gamma", "a longer line about experts and routers"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     _encode(model_dir, tmp_path / "in.txt", tmp_path / "emb.npy")
-    expected = Embedder.from_pretrained(model_dir).encode(lines)
+    expected = Embedder.from_pretrained(model_dir).encode(lines, convert_to_tensor=True)
     np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), expected.numpy(), atol=1e-6)
 
 

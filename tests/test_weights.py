@@ -77,7 +77,7 @@ def test_xlmr_import_with_the_real_tokenizer_through_encode(tmp_path: Path, shar
     model = _tiny_xlmr(tmp_path, vocab_size=len(tokenizer))
     embedder = Embedder.from_pretrained(tmp_path, tokenizer=tokenizer)  # loading it twice costs seconds
     texts = ["Hello world", "Das ist ein längerer deutscher Satz über Einbettungen.", "短い文"]
-    ours = embedder.encode(texts, batch_size=2)
+    ours = embedder.encode(texts, batch_size=2, convert_to_tensor=True)
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     ref = _hf_mean_pooled(model, batch["input_ids"], batch["attention_mask"].bool())
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
