@@ -18,6 +18,7 @@ from lit_nomic.sweeps.spec import SweepError, check_keys, fit_args, load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+ABLATIONS = {"moe_vs_dense", "experts", "top_k", "routing", "upcycle_layers"}
 
 BASE = """
 seed_everything: 0
@@ -47,7 +48,7 @@ def write_sweep(tmp_path: Path, body: str) -> Path:
 
 def test_shipped_sweeps_all_plan_without_gpu_or_slurm(capsys: pytest.CaptureFixture[str]) -> None:
     names = {p.stem for p in SWEEPS}
-    assert {"moe_vs_dense", "experts", "top_k", "routing", "upcycle_layers"} <= names
+    assert ABLATIONS <= names
     for path in SWEEPS:
         assert sweep_main(["plan", str(path)]) == 0, path
         out = capsys.readouterr().out
@@ -56,8 +57,9 @@ def test_shipped_sweeps_all_plan_without_gpu_or_slurm(capsys: pytest.CaptureFixt
         assert len(runs) >= 3 * len(spec.variants) and len({r.name for r in runs}) == len(runs)
         for run in runs:
             assert run.name in out and f"--trainer.default_root_dir=runs/sweeps/{spec.name}/{run.name}" in out
-        assert sweep_main(["plan", str(path), "--profile", "gpu"]) == 0, path
-        capsys.readouterr()
+        if path.stem in ABLATIONS:  # each ablation also plans at the paper's scale
+            assert sweep_main(["plan", str(path), "--profile", "gpu"]) == 0, path
+            capsys.readouterr()
 
 
 def test_expansion_names_layering_and_hash(tmp_path: Path) -> None:

@@ -129,7 +129,8 @@ def _place(
         dtype = DTYPES[dtype]
     module = encoder if isinstance(encoder, torch.nn.Module) else None
     if module is None:
-        if dtype is not None or device is not None:
+        # the defaults (float32 on the CPU) are what any non-torch encoder runs in already
+        if dtype not in (None, torch.float32) or device not in (None, "cpu"):
             raise ValueError(
                 f"encoder {encoder.name!r} ({type(encoder).__name__}) is not a torch module: "
                 "device/dtype cannot be set here (configure the encoder itself)"
