@@ -38,4 +38,10 @@ def test_bench_export_quick(
     assert scores["sentence_transformers"] == pytest.approx(scores["ours"], abs=1e-6)
     assert row["shape"]["eval_queries"] == 5
     assert {"ours_over_sentence_transformers", "onnx_int8_over_onnx_fp32"} <= set(row["ratios"])
+    # the two targets are checked on the row: int8 speed and its nDCG@10 cost, side by side
+    lost = 100 * (scores["sentence_transformers"] - scores["onnx_int8"])
+    assert row["ratios"]["onnx_int8_ndcg10_points_lost"] == pytest.approx(lost)
+    checks = {c["name"]: c for c in row["checks"]}
+    assert set(checks) == {"int8_quality", "int8_speed"}
+    assert checks["int8_quality"]["met"] == (lost <= 0.5)
     assert result["command"].startswith("python -m lit_nomic.bench export --quick")

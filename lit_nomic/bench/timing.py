@@ -319,8 +319,8 @@ def assess_reliability(
     """``{"reliable": bool, "why": [...]}`` for a set of measurements (``times[row][variant]``).
 
     Flags (each one line in ``why``): a variant whose spread across repetitions (IQR / median) is
-    above ``spread_limit``; other load on the machine (1-minute load average, before or after the
-    run, above the usable cores minus the threads this process itself runs); thread
+    above ``spread_limit``; other load on the machine (1-minute load average before the run, or after
+    it less this process's own threads, above the usable cores minus those threads); thread
     oversubscription (torch threads above the usable cores). CUDA timings are flagged by spread
     only: the GPU is not what the load average counts.
     """
@@ -339,7 +339,9 @@ def assess_reliability(
         if threads > cores:
             why.append(f"thread oversubscription: {threads} torch threads on {cores} usable cores")
         load1 = load.get("loadavg_1min")
-        if load1 is not None and load1 > max(cores - threads, 0) + 0.5:
+        # The 1-minute average read just after a run still counts the run's own threads.
+        own = threads if when == "after" else 0
+        if load1 is not None and load1 - own > max(cores - threads, 0) + 0.5:
             why.append(
                 f"machine load {load1:.2f} {when} the run on {cores} usable cores "
                 f"({threads} torch thread(s) of ours): other work competed for the cores"
