@@ -21,7 +21,7 @@ def test_bench_export_quick(
     )
     assert status == 0
     printed = capsys.readouterr().out
-    assert "onnx_int8_over_sentence_transformers" in printed
+    assert "int8/ST" in printed and "int8 points lost" in printed
     result = json.loads((tmp_path / "export.json").read_text())
     (row,) = result["rows"]
     assert set(row["times"]) == set(VARIANTS)
