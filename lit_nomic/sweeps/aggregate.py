@@ -265,7 +265,9 @@ def to_markdown(table: SweepTable, command: str) -> str:
     out = [f"# {table.title}", ""]
     out.append(
         "Main metric ×100, mean ± sample std over seeds (n = seeds per cell). "
-        "Parameters in millions; throughput on the machine that ran each run."
+        "Parameters in millions. Train tokens/s and encode docs/s are as measured during each run: "
+        "not a controlled benchmark (other jobs on the machine slow a run down; speed claims live in "
+        "results/benchmarks.md)."
     )
     out += ["", *_markdown(header, body), ""]
     if table.baseline is not None:
