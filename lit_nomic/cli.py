@@ -19,7 +19,7 @@ from lit_nomic.config import PRESETS
 from lit_nomic.fileio import atomic_write_bytes
 
 PASSTHROUGH_COMMANDS = {
-    "bench": "benchmarks (moe, encoder, train, report, profile) printing side-by-side ratios",
+    "bench": "benchmarks (moe, encoder, train, export, report, profile) printing side-by-side ratios",
     "sweep": "ablation sweeps: plan, run (local or SLURM), status, table with seeds and p-values",
 }
 
