@@ -7,25 +7,14 @@ from importlib import metadata
 from pathlib import Path
 
 from lit_nomic.fileio import FILE_MODE, FOLDER_MODE
+from lit_nomic.model.embedder import EXPORT_FILES
 
 __all__ = ["EXPORT_NAMES", "chmod_tree", "replaceable_export_folder", "version_info"]
 
 # Every name an exporter writes at the top of its folder (files and the module subfolders): an
 # existing folder holding nothing else is a previous export and may be replaced as a whole.
-EXPORT_NAMES = frozenset(
+EXPORT_NAMES = EXPORT_FILES | frozenset(
     {
-        "config.json",
-        "model.safetensors",
-        "special_tokens_map.json",
-        "added_tokens.json",
-        "vocab.json",
-        "merges.txt",
-        "chat_template.jinja",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-        "sentencepiece.bpe.model",
-        "spiece.model",
         "modules.json",
         "sentence_bert_config.json",
         "config_sentence_transformers.json",

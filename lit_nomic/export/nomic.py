@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_nomic.config import EncoderConfig
-from lit_nomic.export.common import chmod_tree, replaceable_export_folder, version_info
+from lit_nomic.export.common import replaceable_export_folder, version_info
+from lit_nomic.export.sentence_transformers import write_st_modules
 from lit_nomic.fileio import atomic_folder, atomic_write_bytes, atomic_write_text
 from lit_nomic.model.embedder import Embedder, check_finite_tensors, save_tokenizer
 from lit_nomic.model.weights import ConversionError, to_nomic_state_dict
@@ -190,17 +191,5 @@ def export_nomic(embedder: Embedder, output: str | Path, card: str | None = None
         atomic_write_bytes(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
         atomic_write_text(tmp / "config.json", _json(nomic_config(embedder)))
         save_tokenizer(embedder.tokenizer, tmp)
-        atomic_write_text(
-            tmp / "sentence_bert_config.json",
-            _json({"max_seq_length": embedder.max_seq_length, "do_lower_case": False}),
-        )
-        atomic_write_text(tmp / "modules.json", _json(modules))
-        atomic_write_text(tmp / "config_sentence_transformers.json", _json(st_config))
-        (tmp / "1_Pooling").mkdir()
-        atomic_write_text(tmp / "1_Pooling" / "config.json", _json(pooling))
-        (tmp / "2_Normalize").mkdir()
-        atomic_write_text(tmp / "2_Normalize" / "config.json", _json({}))
-        if card is not None:
-            atomic_write_text(tmp / "README.md", card)
-        chmod_tree(tmp)
+        write_st_modules(tmp, embedder.max_seq_length, modules, st_config, pooling, card)
     return output

@@ -173,17 +173,30 @@ def export_sentence_transformers(embedder: Embedder, output: str | Path, card: s
             atomic_write_text(
                 tmp / "lit_nomic_module.json", _json({"max_seq_length": embedder.max_seq_length})
             )
-        atomic_write_text(
-            tmp / "sentence_bert_config.json",
-            _json({"max_seq_length": embedder.max_seq_length, "do_lower_case": False}),
-        )
-        atomic_write_text(tmp / "modules.json", _json(modules))
-        atomic_write_text(tmp / "config_sentence_transformers.json", _json(st_config))
-        (tmp / "1_Pooling").mkdir()
-        atomic_write_text(tmp / "1_Pooling" / "config.json", _json(pooling))
-        (tmp / "2_Normalize").mkdir()
-        atomic_write_text(tmp / "2_Normalize" / "config.json", _json({}))
-        if card is not None:
-            atomic_write_text(tmp / "README.md", card)
-        chmod_tree(tmp)
+        write_st_modules(tmp, embedder.max_seq_length, modules, st_config, pooling, card)
     return output
+
+
+def write_st_modules(
+    folder: Path,
+    max_seq_length: int | None,
+    modules: list[dict[str, Any]],
+    st_config: dict[str, Any],
+    pooling: dict[str, Any],
+    card: str | None,
+) -> None:
+    """The sentence-transformers files around a model folder (module list, pooling, normalisation,
+    prompts, model card), shared by the sentence-transformers and the nomic exports; modes 0644."""
+    atomic_write_text(
+        folder / "sentence_bert_config.json",
+        _json({"max_seq_length": max_seq_length, "do_lower_case": False}),
+    )
+    atomic_write_text(folder / "modules.json", _json(modules))
+    atomic_write_text(folder / "config_sentence_transformers.json", _json(st_config))
+    (folder / "1_Pooling").mkdir()
+    atomic_write_text(folder / "1_Pooling" / "config.json", _json(pooling))
+    (folder / "2_Normalize").mkdir()
+    atomic_write_text(folder / "2_Normalize" / "config.json", _json({}))
+    if card is not None:
+        atomic_write_text(folder / "README.md", card)
+    chmod_tree(folder)

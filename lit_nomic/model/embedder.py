@@ -419,7 +419,7 @@ class Embedder(nn.Module):
 # ----------------------------------------------------------------------------- helpers
 # Everything save_pretrained (and the tokenizers we ship) may write: an existing folder holding
 # only these is a previous export and may be replaced as a whole.
-_EXPORT_FILES = frozenset(
+EXPORT_FILES = frozenset(
     {
         "config.json",
         "model.safetensors",
@@ -434,7 +434,7 @@ _EXPORT_FILES = frozenset(
 
 
 def _only_export_files(folder: Path) -> bool:
-    others = sorted(p.name for p in folder.iterdir() if p.name not in _EXPORT_FILES or not p.is_file())
+    others = sorted(p.name for p in folder.iterdir() if p.name not in EXPORT_FILES or not p.is_file())
     if others:
         raise FileExistsError(
             f"{folder}: refusing to replace a folder that holds files an export does not write "
