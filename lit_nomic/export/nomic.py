@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_nomic.config import EncoderConfig
-from lit_nomic.export.common import replaceable_export_folder, version_info
+from lit_nomic.export.common import replaceable_export_folder
 from lit_nomic.export.sentence_transformers import write_st_modules
 from lit_nomic.fileio import atomic_folder, atomic_write_bytes, atomic_write_text
 from lit_nomic.model.embedder import Embedder, check_finite_tensors, save_tokenizer
@@ -166,30 +166,9 @@ def export_nomic(embedder: Embedder, output: str | Path, card: str | None = None
         for layer in c.moe_layer_indices:
             tensors[f"encoder.layers.{layer}.mlp.experts.bias"] = torch.zeros(c.hidden_size)
     check_finite_tensors(tensors, f"{output}: refusing to export")
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]
-    pooling = {
-        "word_embedding_dimension": c.hidden_size,
-        "pooling_mode_cls_token": c.pooling == "cls",
-        "pooling_mode_mean_tokens": c.pooling == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": False,
-        "include_prompt": True,
-    }
-    st_config = {
-        "__version__": version_info(),
-        "prompts": {"query": c.query_prefix, "document": c.document_prefix},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine",
-    }
     with atomic_folder(output, replaceable=replaceable_export_folder) as tmp:
         atomic_write_bytes(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
         atomic_write_text(tmp / "config.json", _json(nomic_config(embedder)))
         save_tokenizer(embedder.tokenizer, tmp)
-        write_st_modules(tmp, embedder.max_seq_length, modules, st_config, pooling, card)
+        write_st_modules(tmp, embedder, "sentence_transformers.models.Transformer", card)
     return output

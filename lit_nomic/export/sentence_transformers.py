@@ -133,13 +133,35 @@ def export_sentence_transformers(embedder: Embedder, output: str | Path, card: s
     output = Path(output).expanduser()
     config = embedder.config
     plain_bert = bert_incompatibility(config) is None
+    with atomic_folder(output, replaceable=replaceable_export_folder) as tmp:
+        if plain_bert:
+            tensors = to_bert_state_dict(embedder)
+            from lit_nomic.model.embedder import check_finite_tensors
+
+            check_finite_tensors(tensors, f"{output}: refusing to export")
+            atomic_write_bytes(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+            atomic_write_text(tmp / "config.json", _json(bert_config(config)))
+            save_tokenizer(embedder.tokenizer, tmp)
+        else:
+            embedder.write_model_files(tmp)
+            atomic_write_text(
+                tmp / "lit_nomic_module.json", _json({"max_seq_length": embedder.max_seq_length})
+            )
+        transformer = "sentence_transformers.models.Transformer" if plain_bert else MODULE_TYPE
+        write_st_modules(tmp, embedder, transformer, card)
+    return output
+
+
+def write_st_modules(folder: Path, embedder: Embedder, transformer_type: str, card: str | None) -> None:
+    """The sentence-transformers files around a model folder (module list, pooling, normalisation,
+    prompts, model card), shared by the sentence-transformers and the nomic exports; modes 0644.
+
+    ``transformer_type`` is module 0's class: sentence-transformers' own ``Transformer`` for folders
+    that transformers loads natively, ours (``MODULE_TYPE``) otherwise.
+    """
+    config = embedder.config
     modules = [
-        {
-            "idx": 0,
-            "name": "0",
-            "path": "",
-            "type": "sentence_transformers.models.Transformer" if plain_bert else MODULE_TYPE,
-        },
+        {"idx": 0, "name": "0", "path": "", "type": transformer_type},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ]
@@ -159,34 +181,7 @@ def export_sentence_transformers(embedder: Embedder, output: str | Path, card: s
         "default_prompt_name": None,
         "similarity_fn_name": "cosine",
     }
-    with atomic_folder(output, replaceable=replaceable_export_folder) as tmp:
-        if plain_bert:
-            tensors = to_bert_state_dict(embedder)
-            from lit_nomic.model.embedder import check_finite_tensors
-
-            check_finite_tensors(tensors, f"{output}: refusing to export")
-            atomic_write_bytes(tmp / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-            atomic_write_text(tmp / "config.json", _json(bert_config(config)))
-            save_tokenizer(embedder.tokenizer, tmp)
-        else:
-            embedder.write_model_files(tmp)
-            atomic_write_text(
-                tmp / "lit_nomic_module.json", _json({"max_seq_length": embedder.max_seq_length})
-            )
-        write_st_modules(tmp, embedder.max_seq_length, modules, st_config, pooling, card)
-    return output
-
-
-def write_st_modules(
-    folder: Path,
-    max_seq_length: int | None,
-    modules: list[dict[str, Any]],
-    st_config: dict[str, Any],
-    pooling: dict[str, Any],
-    card: str | None,
-) -> None:
-    """The sentence-transformers files around a model folder (module list, pooling, normalisation,
-    prompts, model card), shared by the sentence-transformers and the nomic exports; modes 0644."""
+    max_seq_length = embedder.max_seq_length
     atomic_write_text(
         folder / "sentence_bert_config.json",
         _json({"max_seq_length": max_seq_length, "do_lower_case": False}),
