@@ -75,9 +75,9 @@ def smoke_config(out: Path, cuda: bool, steps: int) -> Path:
     config = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
     shards = write_synthetic_pairs(out / "pairs")
     devices = torch.cuda.device_count() if cuda else 1
-    trainer = config["trainer"]
+    trainer = config["trainer"]  # the recipe stops after 2 epochs; the smoke after `steps` steps
     trainer.update(
-        accelerator="gpu" if cuda else "cpu", devices=devices, num_nodes=1, max_steps=steps,
+        accelerator="gpu" if cuda else "cpu", devices=devices, num_nodes=1, max_steps=steps, max_epochs=-1,
         log_every_n_steps=1, default_root_dir=str(out / "run"), callbacks=[], enable_checkpointing=False,
     )  # fmt: skip
     trainer["strategy"]["init_args"]["data_parallel_size"] = devices
