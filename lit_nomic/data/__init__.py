@@ -1,7 +1,8 @@
 """Training data: readers (JSONL shards, BEIR, SciTLDR), the mixture spec, the source-homogeneous
 resumable plan, tokenising collation and the Lightning datamodule.
 
-Modules: ``records`` (record types, bad-input policy, text hash), ``shards`` (shard discovery, offset
+Modules: ``formats`` (the reader layer shared with evaluation and curation: JSONL, BEIR folders,
+qrels, the BEIR title + text rule), ``records`` (record types, bad-input policy, text hash), ``shards`` (shard discovery, offset
 index, ``.gz`` cache), ``jsonl``, ``beir_pairs``, ``scitldr`` (readers), ``mixture`` (``SourceSpec``),
 ``sampler`` (``GlobalBatchPlan``), ``collate`` (``PairCollator``), ``stream`` (worker dataset and
 resumable loader), ``datamodule`` (``ContrastiveDataModule``, imported lazily because it pulls in

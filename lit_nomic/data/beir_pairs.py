@@ -1,7 +1,9 @@
 """A BEIR folder (``queries.jsonl``, ``corpus.jsonl``, ``qrels/<split>.tsv``) as training pairs.
 
-One pair per qrel with score > 0: (query text, ``title + " " + text`` of the judged document), in qrels
-file order. SciFact train therefore yields its 919 pairs. Only the query and document lines that a
+One pair per qrel with score > 0: (query text, text of the judged document), in qrels file order.
+SciFact train therefore yields its 919 pairs. The document text is
+:func:`lit_nomic.data.formats.beir_document_text`, the rule evaluation encodes documents with (mteb's),
+so training and evaluation read a document as the same string. Only the query and document lines that a
 qrel needs are indexed (id -> byte offset); texts are read by offset at batch time, so a corpus of
 millions of passages costs a parse pass and a small dict, not its texts in memory.
 
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_nomic.data import formats
+from lit_nomic.data.formats import parse_json_line, read_qrels
 from lit_nomic.data.records import (
     DataFormatError,
     OnError,
@@ -24,14 +28,17 @@ from lit_nomic.data.records import (
     handle_bad_line,
     require_text,
 )
-from lit_nomic.data.shards import ShardReader, parse_json_line
+from lit_nomic.data.shards import ShardReader
 from lit_nomic.paths import resolve_dataset
 
-__all__ = ["BeirPairs", "beir_document_text", "read_qrels"]
+__all__ = ["BeirPairs", "document_text", "read_qrels"]
 
 
-def beir_document_text(obj: dict, where: str) -> str:
-    """``title + " " + text`` (just ``text`` when the title is absent or empty), as BEIR models encode it."""
+def document_text(obj: dict, where: str) -> str:
+    """A corpus line's text by the shared BEIR rule (:func:`lit_nomic.data.formats.beir_document_text`).
+
+    Stricter than evaluation on types: ``text`` must be a string, ``title`` a string or absent/null.
+    """
     text = obj.get("text")
     if not isinstance(text, str):
         raise DataFormatError(where, f"field 'text' must be a string, got {type(text).__name__}")
@@ -40,38 +47,10 @@ def beir_document_text(obj: dict, where: str) -> str:
         title = ""
     if not isinstance(title, str):
         raise DataFormatError(where, f"field 'title' must be a string, got {type(title).__name__}")
-    joined = f"{title.strip()} {text.strip()}".strip()
+    joined = formats.beir_document_text(title, text)
     if not joined:
         raise DataFormatError(where, "document has empty 'title' and 'text'")
     return joined
-
-
-def read_qrels(path: Path, on_error: OnError, report: SkipReport) -> list[tuple[str, str, int, str]]:
-    """Rows ``(query_id, doc_id, score, "file:line")`` with score > 0; an optional header line is skipped."""
-    rows: list[tuple[str, str, int, str]] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            parts = line.rstrip("\r\n").split("\t")
-            if len(parts) != 3:
-                parts = line.split()
-            try:
-                if len(parts) != 3:
-                    raise DataFormatError(where, f"expected 3 tab-separated columns, got {len(parts)}")
-                try:
-                    score = int(parts[2])
-                except ValueError:
-                    if line_number == 1:
-                        continue  # the "query-id corpus-id score" header
-                    raise DataFormatError(where, f"score {parts[2]!r} is not an integer") from None
-            except DataFormatError as exc:
-                handle_bad_line(exc, on_error, report)
-                continue
-            if score > 0:
-                rows.append((parts[0].strip(), parts[1].strip(), score, where))
-    return rows
 
 
 def _index_ids(
@@ -104,7 +83,7 @@ def _index_ids(
                 if check == "query":
                     require_text(obj, "text", where)
                 else:
-                    beir_document_text(obj, where)
+                    document_text(obj, where)
             except DataFormatError as exc:
                 handle_bad_line(exc, on_error, report)
                 continue
@@ -178,5 +157,5 @@ class BeirPairs:
         q_where = f"{self.queries_path} @ byte {q_off}"
         d_where = f"{self.corpus_path} @ byte {d_off}"
         query = require_text(parse_json_line(self._reader.read(0, q_off, q_len), q_where), "text", q_where)
-        document = beir_document_text(parse_json_line(self._reader.read(1, d_off, d_len), d_where), d_where)
+        document = document_text(parse_json_line(self._reader.read(1, d_off, d_len), d_where), d_where)
         return PairRecord((query,), (document,))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
-import json
 import os
 import shutil
 import zlib
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_nomic.data.formats import parse_json_line
 from lit_nomic.data.records import DataFormatError, OnError, SkipReport, handle_bad_line
 from lit_nomic.paths import DATA_ENV, data_root
 
@@ -115,18 +115,6 @@ def materialize_shard(path: Path, cache_dir: str | os.PathLike | None = None) ->
         tmp.unlink(missing_ok=True)
         raise DataFormatError(str(path), f"cannot decompress gzip shard: {exc}") from exc
     return target
-
-
-def parse_json_line(raw: bytes, where: str) -> dict:
-    """Decode one JSONL line into a dict; any failure names the location."""
-    try:
-        obj = json.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        reason = getattr(exc, "msg", None) or str(exc)
-        raise DataFormatError(where, f"malformed JSON ({reason})") from None
-    if not isinstance(obj, dict):
-        raise DataFormatError(where, f"expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The in-memory retrieval task every loader (BEIR, MIRACL, XQuAD-R) produces.
 
-One dataclass means the search/scoring code never branches on the source format.
+One dataclass means the search/scoring code never branches on the source format. A corpus holds
+:class:`~lit_nomic.data.formats.Document` s, whose text rule training shares.
 """
 
 from __future__ import annotations
@@ -8,22 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
+from lit_nomic.data.formats import Document
 
-@dataclass(frozen=True)
-class Document:
-    id: str
-    title: str
-    text: str
-
-    def full_text(self) -> str:
-        """What the encoder reads, following mteb's ``_corpus_to_dict`` exactly.
-
-        ``(title + " " + text).strip()`` when the title is non-empty, else ``text.strip()``; matching
-        it matters because a single stray space changes the tokenisation and thus the scores.
-        """
-        if self.title:
-            return (self.title + " " + self.text).strip()
-        return self.text.strip()
+__all__ = ["Document", "RetrievalDataset", "probe_subset", "subsample"]
 
 
 @dataclass
@@ -77,10 +65,20 @@ class RetrievalDataset:
         return sum(1 for q in self.queries for r in self.qrels[q].values() if r >= 1)
 
 
+def _judged_documents(dataset: RetrievalDataset, qids: list[str], *, relevant_only: bool) -> dict[str, None]:
+    """The corpus documents judged (or judged relevant) for ``qids``, in order of first judgment."""
+    judged: dict[str, None] = {}
+    for q in qids:
+        for doc_id, rel in dataset.qrels[q].items():
+            if (rel > 0 or not relevant_only) and doc_id in dataset.corpus:
+                judged.setdefault(doc_id, None)
+    return judged
+
+
 def subsample(
     dataset: RetrievalDataset, max_docs: int, *, max_queries: int | None = None, seed: int = 0
 ) -> RetrievalDataset:
-    """A smaller task for smoke tests and quick checks during training.
+    """A smaller task for smoke tests, benchmarks and suite options (``max_docs``).
 
     Keeps (the first ``max_queries``) queries, every document judged for them, then random
     distractors up to ``max_docs``. Keeping the judged documents is what makes scores on the
@@ -90,22 +88,16 @@ def subsample(
     if max_docs <= 0:
         raise ValueError(f"max_docs must be positive, got {max_docs}")
     qids = dataset.query_ids[:max_queries] if max_queries is not None else dataset.query_ids
-    judged: list[str] = []
-    seen: set[str] = set()
-    for q in qids:
-        for d in dataset.qrels[q]:
-            if d in dataset.corpus and d not in seen:
-                seen.add(d)
-                judged.append(d)
+    judged = _judged_documents(dataset, qids, relevant_only=False)
     if len(judged) > max_docs:
         raise ValueError(
             f"{dataset.name}: the {len(qids)} kept queries judge {len(judged)} documents, more than "
             f"max_docs={max_docs}; lower max_queries or raise max_docs"
         )
-    others = [d for d in dataset.corpus if d not in seen]
+    others = [d for d in dataset.corpus if d not in judged]
     rng = random.Random(seed)
     extra_ids = set(rng.sample(others, min(max_docs - len(judged), len(others))))
-    keep = seen | extra_ids
+    keep = judged.keys() | extra_ids
     corpus = {d: doc for d, doc in dataset.corpus.items() if d in keep}
     return replace(
         dataset,
@@ -114,4 +106,48 @@ def subsample(
         queries={q: dataset.queries[q] for q in qids},
         qrels={q: dict(dataset.qrels[q]) for q in qids},
         extra={**dataset.extra, "subsample": f"max_docs={max_docs},max_queries={max_queries},seed={seed}"},
+    )
+
+
+def probe_subset(
+    dataset: RetrievalDataset, max_queries: int | None = None, max_corpus: int | None = None
+) -> RetrievalDataset:
+    """A NanoBEIR-style probe (the in-training ``RetrievalEval``): the first ``max_queries`` judged
+    queries (file order), and a corpus of their relevant documents followed by the first other
+    documents (file order) up to ``max_corpus``.
+
+    Unlike :func:`subsample` (random distractors, every judged document) it is the same set at every
+    step without a seed, and cheap; scores are comparable between the steps of one run, not with
+    full-corpus numbers, hence the ``-probe`` name. No limits returns ``dataset``.
+    """
+    if max_queries is None and max_corpus is None:
+        return dataset
+    if max_queries is not None and max_queries < 1:
+        raise ValueError(f"max_queries must be >= 1, got {max_queries}")
+    if max_corpus is not None and max_corpus < 1:
+        raise ValueError(f"max_corpus must be >= 1, got {max_corpus}")
+    qids = dataset.query_ids[:max_queries] if max_queries is not None else dataset.query_ids
+    relevant = _judged_documents(dataset, qids, relevant_only=True)
+    limit = max_corpus if max_corpus is not None else len(dataset.corpus)
+    if len(relevant) > limit:
+        raise ValueError(
+            f"{dataset.name}/{dataset.split}: the first {len(qids)} queries have {len(relevant)} relevant "
+            f"documents, more than max_corpus={limit}; lower max_queries or raise max_corpus"
+        )
+    keep = dict(relevant)
+    for doc_id in dataset.corpus:
+        if len(keep) >= limit:
+            break
+        keep.setdefault(doc_id, None)
+    corpus = {d: dataset.corpus[d] for d in keep}
+    return RetrievalDataset(
+        name=f"{dataset.name}-probe",
+        split=dataset.split,
+        corpus=corpus,
+        queries={q: dataset.queries[q] for q in qids},
+        qrels={q: dict(dataset.qrels[q]) for q in qids},
+        language=dataset.language,
+        ignore_identical_ids=dataset.ignore_identical_ids,
+        source=dataset.source,
+        extra={**dataset.extra, "probe": f"max_queries={max_queries},max_corpus={max_corpus}"},
     )

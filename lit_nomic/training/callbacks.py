@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_nomic.evaluation.beir import load_beir
 from lit_nomic.evaluation.results import build_result, write_result
 from lit_nomic.evaluation.retrieval import evaluate_retrieval
-from lit_nomic.evaluation.retrieval_data import RetrievalDataset
+from lit_nomic.evaluation.retrieval_data import RetrievalDataset, probe_subset
 from lit_nomic.evaluation.run import evaluate, format_table, portable_source
 from lit_nomic.evaluation.suites import TaskSpec, resolve_data
 from lit_nomic.fileio import atomic_write_text
@@ -80,52 +80,6 @@ class ExportModel(L.Callback):
             target = embedder.save_pretrained(run_subdir(trainer, self.dirpath, "model"))
             rank_zero_info(f"exported model to {target}")
         _barrier(trainer)
-
-
-def probe_subset(
-    dataset: RetrievalDataset, max_queries: int | None = None, max_corpus: int | None = None
-) -> RetrievalDataset:
-    """A NanoBEIR-style probe: the first ``max_queries`` judged queries (file order), and a corpus of
-    their relevant documents followed by the first other documents (file order) up to ``max_corpus``.
-
-    Deterministic and cheap, so scores are comparable between the steps of one run; they are not
-    comparable with full-corpus numbers, hence the ``-probe`` name. No limits returns ``dataset``.
-    """
-    if max_queries is None and max_corpus is None:
-        return dataset
-    if max_queries is not None and max_queries < 1:
-        raise ValueError(f"max_queries must be >= 1, got {max_queries}")
-    if max_corpus is not None and max_corpus < 1:
-        raise ValueError(f"max_corpus must be >= 1, got {max_corpus}")
-    qids = dataset.query_ids[:max_queries] if max_queries is not None else dataset.query_ids
-    relevant: dict[str, None] = {}
-    for q in qids:
-        for doc_id, rel in dataset.qrels[q].items():
-            if rel > 0 and doc_id in dataset.corpus:
-                relevant.setdefault(doc_id, None)
-    limit = max_corpus if max_corpus is not None else len(dataset.corpus)
-    if len(relevant) > limit:
-        raise ValueError(
-            f"{dataset.name}/{dataset.split}: the first {len(qids)} queries have {len(relevant)} relevant "
-            f"documents, more than max_corpus={limit}; lower max_queries or raise max_corpus"
-        )
-    keep = dict(relevant)
-    for doc_id in dataset.corpus:
-        if len(keep) >= limit:
-            break
-        keep.setdefault(doc_id, None)
-    corpus = {d: dataset.corpus[d] for d in keep}
-    return RetrievalDataset(
-        name=f"{dataset.name}-probe",
-        split=dataset.split,
-        corpus=corpus,
-        queries={q: dataset.queries[q] for q in qids},
-        qrels={q: dict(dataset.qrels[q]) for q in qids},
-        language=dataset.language,
-        ignore_identical_ids=dataset.ignore_identical_ids,
-        source=dataset.source,
-        extra={**dataset.extra, "probe": f"max_queries={max_queries},max_corpus={max_corpus}"},
-    )
 
 
 class RetrievalEval(L.Callback):
