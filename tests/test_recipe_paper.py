@@ -15,12 +15,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 import yaml
+from train_common_loader import load_train_common
 
 from lit_nomic.data.mixture import load_mixture, open_source
 from lit_nomic.model.build import ModelSpec, target_config
+from lit_nomic.training.module import ContrastiveModule, LossConfig
 from lit_nomic.training.optim import OptimConfig, lr_multiplier
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -196,3 +199,35 @@ def test_contrastors_world_size_scaling_equivalent(world: int) -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-10)  # float64 rounding only
     naive = _adamw_run(loss_scale=1.0, aux_coef=1.0, clip=1.0 / world)  # same clip, unscaled alpha
     assert not torch.allclose(naive[0], theirs[0], rtol=1e-6, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- epoch-bounded runs
+class _Seen(L.Callback):
+    def __init__(self) -> None:
+        self.positions: list[tuple[int, int]] = []
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        self.positions.append((int(batch["epoch"]), int(batch["step"])))
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_an_epoch_bounded_run_covers_each_epoch_once_and_decays_to_zero(tmp_path: Path) -> None:
+    """max_epochs with max_steps -1, as the recipes: the linear decay spans exactly the epochs run."""
+    common = load_train_common()
+    pairs = common.write_toy_pairs(tmp_path / "pairs.jsonl", count=32)
+    module = ContrastiveModule(
+        model=common.tiny_moe_spec(),
+        loss=LossConfig(temperature=0.05),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2, schedule="linear"),
+    )
+    seen = _Seen()
+    trainer = L.Trainer(max_epochs=2, max_steps=-1, callbacks=[seen], **common.quiet_trainer_kwargs(tmp_path))
+    trainer.fit(module, datamodule=common.make_datamodule(pairs, batch_size=8))
+    assert seen.positions == [(e, s) for e in range(2) for s in range(4)]  # 32 pairs / 8 = 4 steps
+    assert trainer.global_step == 8
+    # by hand: warmup 1/2, 2/2, then (8 - step) / 6; the last update runs at 1/6, the schedule ends at 0
+    assert seen.lrs == pytest.approx([1e-3 * m for m in (0.5, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6)])
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-15)
