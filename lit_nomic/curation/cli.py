@@ -23,6 +23,11 @@ def _embedder(
     return settings, encoder_identity(embedder, qp, dp)
 
 
+def _search(search: str, ivf_nlist: int, ivf_nprobe: int, shard: str | None) -> dict:
+    """The options of :class:`~lit_nomic.curation.common.SearchSettings`, shared by both commands."""
+    return {"search": search, "ivf_nlist": ivf_nlist, "ivf_nprobe": ivf_nprobe, "shard": shard}
+
+
 def _fail(command: str, err: Exception) -> SystemExit:
     print(f"lit-nomic {command}: error: {err}", file=sys.stderr)
     return SystemExit(2)
@@ -95,7 +100,12 @@ def filter_pairs(
     from lit_nomic.data.records import DataFormatError
 
     try:
-        settings = FilterSettings(top_k, chunk_size, histogram_depth, search, ivf_nlist, ivf_nprobe, shard)
+        settings = FilterSettings(
+            top_k=top_k,
+            chunk_size=chunk_size,
+            histogram_depth=histogram_depth,
+            **_search(search, ivf_nlist, ivf_nprobe, shard),
+        )
         settings.check()
         specs = pair_specs(
             data,
@@ -193,8 +203,9 @@ def mine(
         data_root: the data root (default ``$LIT_NOMIC_DATA``).
     """
     from lit_nomic.curation.common import CurationError
-    from lit_nomic.curation.inputs import _find, _is_beir, open_pair_sources, pair_specs
+    from lit_nomic.curation.inputs import _find, open_pair_sources, pair_specs
     from lit_nomic.curation.mine import MineSettings, beir_mine_input, mine_negatives, pairs_mine_input
+    from lit_nomic.data.formats import is_beir_folder
     from lit_nomic.data.records import DataFormatError
 
     try:
@@ -206,22 +217,19 @@ def mine(
                 raise CurationError(f"--window must be a:b (1-based ranks), got {window!r}") from None
             win = (a, b)
         settings = MineSettings(
-            num_negatives,
-            min_negatives,
-            candidates,
-            relative_margin,
-            absolute_margin,
-            win,
-            seed,
-            corpus_shard_size,
-            search,
-            ivf_nlist,
-            ivf_nprobe,
-            shard,
+            num_negatives=num_negatives,
+            min_negatives=min_negatives,
+            candidates=candidates,
+            relative_margin=relative_margin,
+            absolute_margin=absolute_margin,
+            window=win,
+            seed=seed,
+            corpus_shard_size=corpus_shard_size,
+            **_search(search, ivf_nlist, ivf_nprobe, shard),
         )
         settings.check()
         found = _find(data, data_root)
-        if found is not None and found.is_dir() and _is_beir(found) and not source:
+        if found is not None and found.is_dir() and is_beir_folder(found) and not source:
             if corpus is not None:
                 raise CurationError("--corpus is for pair data; a BEIR folder brings its corpus.jsonl")
             inputs = beir_mine_input(found, split)

@@ -94,6 +94,31 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda fh: fh.write(data))
 
 
+@dataclass(kw_only=True)
+class SearchSettings:
+    """The search and work-split options that filtering and mining share (``--search``, ``--ivf_*``,
+    ``--shard``); :class:`~lit_nomic.curation.filter.FilterSettings` and
+    :class:`~lit_nomic.curation.mine.MineSettings` add their own."""
+
+    search: str = "auto"
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 32
+    shard: str | None = None
+
+    def check_positive(self, *keys: str) -> None:
+        """``keys`` and the IVF sizes must be positive integers (``--key`` named in the error)."""
+        for key in (*keys, "ivf_nlist", "ivf_nprobe"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CurationError(f"--{key} must be a positive integer, got {value!r}")
+
+    def search_identity(self) -> dict[str, Any]:
+        """What of the search changes results: faiss and torch are both exact and decide alike."""
+        if self.search == "faiss-ivf":
+            return {"search": "ivf", "ivf_nlist": self.ivf_nlist, "ivf_nprobe": self.ivf_nprobe}
+        return {"search": "exact"}
+
+
 # --------------------------------------------------------------------------------------- encoding
 @dataclass
 class EncodeSettings:

@@ -49,6 +49,7 @@ import yaml
 from lit_nomic.curation.common import (
     CurationError,
     EncodeSettings,
+    SearchSettings,
     atomic_write_json_sorted,
     check_settings_file,
     encode,
@@ -70,20 +71,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FilterSettings:
+class FilterSettings(SearchSettings):
     top_k: int = 2
     chunk_size: int = 1_000_000
     histogram_depth: int = 10
-    search: str = "auto"
-    ivf_nlist: int = 1024
-    ivf_nprobe: int = 32
-    shard: str | None = None
 
     def check(self) -> None:
-        for key in ("top_k", "chunk_size", "histogram_depth", "ivf_nlist", "ivf_nprobe"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CurationError(f"--{key} must be a positive integer, got {value!r}")
+        self.check_positive("top_k", "chunk_size", "histogram_depth")
         if self.histogram_depth < self.top_k:
             raise CurationError(
                 f"--histogram_depth ({self.histogram_depth}) must be >= --top_k ({self.top_k})"
@@ -91,13 +85,9 @@ class FilterSettings:
         resolve_backend(self.search)
 
     def identity(self) -> dict:
-        """What changes the kept set (faiss and torch are both exact and decide alike)."""
-        search = "ivf" if self.search == "faiss-ivf" else "exact"
+        """What changes the kept set."""
         out = {"top_k": self.top_k, "chunk_size": self.chunk_size, "histogram_depth": self.histogram_depth}
-        out["search"] = search
-        if search == "ivf":
-            out |= {"ivf_nlist": self.ivf_nlist, "ivf_nprobe": self.ivf_nprobe}
-        return out
+        return out | self.search_identity()
 
 
 @dataclass

@@ -14,18 +14,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lit_nomic.curation.common import CurationError
+from lit_nomic.data.formats import is_beir_folder
 from lit_nomic.data.mixture import SourceSpec, load_mixture, open_source
 from lit_nomic.data.records import OnError, PairSource
 
 __all__ = ["open_pair_sources", "pair_specs", "spec_identity"]
 
 _MIXTURE_SUFFIXES = (".yaml", ".yml", ".json")
-
-
-def _is_beir(path: Path) -> bool:
-    return (
-        (path / "corpus.jsonl").is_file() and (path / "queries.jsonl").is_file() and (path / "qrels").is_dir()
-    )
 
 
 def _find(data: str, root: str | os.PathLike | None) -> Path | None:
@@ -61,7 +56,7 @@ def pair_specs(
         return specs
     if source:
         raise CurationError("--source selects entries of a mixture file; --data is not one")
-    if found is not None and found.is_dir() and _is_beir(found):
+    if found is not None and found.is_dir() and is_beir_folder(found):
         spec = SourceSpec(name=name or found.name, path=str(found), format="beir", split=split)
     else:
         base = Path(data.rstrip("/")).name

@@ -46,6 +46,7 @@ import yaml
 from lit_nomic.curation.common import (
     CurationError,
     EncodeSettings,
+    SearchSettings,
     atomic_write_json_sorted,
     check_settings_file,
     encode,
@@ -56,6 +57,14 @@ from lit_nomic.curation.common import (
     resolve_backend,
     settings_hash,
     write_jsonl,
+)
+from lit_nomic.data.formats import (
+    beir_document_text,
+    beir_splits,
+    field_str,
+    iter_jsonl,
+    load_qrels_tsv,
+    load_queries,
 )
 from lit_nomic.data.records import stable_text_hash
 from lit_nomic.fileio import atomic_write_text
@@ -101,7 +110,7 @@ def _stat(path: Path) -> list:
 def beir_mine_input(folder: str | os.PathLike, split: str = "train", name: str | None = None) -> MineInput:
     """Pairs = the split's positive qrels (file order); corpus = ``corpus.jsonl``; known positives =
     the positive qrels of every split in ``qrels/``. Bad lines fail naming file and line."""
-    from lit_nomic.evaluation.beir import beir_splits, load_beir, load_qrels_tsv, load_queries
+    from lit_nomic.evaluation.beir import load_beir
 
     path = Path(folder)
     ds = load_beir(path, split, name=name)
@@ -137,8 +146,6 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[str], list[str], dict]:
 
     BEIR's ``corpus.jsonl`` is one. Empty documents and duplicate ids fail naming file and line.
     """
-    from lit_nomic.evaluation.files import field_str, iter_jsonl
-
     p = Path(path)
     ids: list[str] = []
     texts: list[str] = []
@@ -152,7 +159,7 @@ def read_corpus(path: str | os.PathLike) -> tuple[list[str], list[str], dict]:
             )
         text = field_str(obj, "text", p, lineno)
         title = field_str(obj, "title", p, lineno, required=False)
-        joined = (title + " " + text).strip() if title else text.strip()
+        joined = beir_document_text(title, text)
         if not joined:
             raise CurationError(f"{p}:{lineno}: document {doc_id!r} has empty 'title' and 'text'")
         seen[doc_id] = lineno
@@ -200,7 +207,7 @@ def pairs_mine_input(specs, sources, corpus: str | None = None) -> MineInput:
 
 
 @dataclass
-class MineSettings:
+class MineSettings(SearchSettings):
     num_negatives: int = 7
     min_negatives: int | None = None
     candidates: int = 100
@@ -209,16 +216,9 @@ class MineSettings:
     window: tuple[int, int] | None = None
     seed: int = 0
     corpus_shard_size: int = 1_000_000
-    search: str = "auto"
-    ivf_nlist: int = 1024
-    ivf_nprobe: int = 32
-    shard: str | None = None
 
     def check(self) -> None:
-        for key in ("num_negatives", "candidates", "corpus_shard_size", "ivf_nlist", "ivf_nprobe"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CurationError(f"--{key} must be a positive integer, got {value!r}")
+        self.check_positive("num_negatives", "candidates", "corpus_shard_size")
         if self.min_negatives is not None and not 1 <= self.min_negatives <= self.num_negatives:
             raise CurationError(
                 f"--min_negatives must be in [1, num_negatives={self.num_negatives}], got {self.min_negatives}"
@@ -255,10 +255,7 @@ class MineSettings:
         }
         out["min_negatives"] = self.minimum
         out["window"] = list(self.window) if self.window else None
-        out["search"] = "ivf" if self.search == "faiss-ivf" else "exact"
-        if out["search"] == "ivf":
-            out |= {"ivf_nlist": self.ivf_nlist, "ivf_nprobe": self.ivf_nprobe}
-        return out
+        return out | self.search_identity()
 
 
 @dataclass
