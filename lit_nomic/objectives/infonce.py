@@ -30,8 +30,10 @@ so ``mean_r L_r`` is the global-batch loss and, because gradients flow back to t
 DDP/FSDP2 then *average* over the ``W`` ranks, every parameter receives exactly the single-process
 gradient of the global batch (``tests/dist_scripts/gather_equivalence.py`` checks this with 2 gloo
 processes). With equal local batches the factor ``W·B_r/B_g`` is 1, i.e. the plain local mean.
-contrastors multiplies by the world size instead because its gather does not sum gradients over
-ranks; with a summing gather that would overcount by ``W``.
+contrastors also gathers with a summing backward (``torch.distributed.nn.all_gather``) but multiplies
+its local-mean loss by ``W`` as well, so its gradient is ``W`` times this one (its auxiliary loss is
+not scaled): under AdamW that equals this loss with gradient clipping at ``clip / W`` and the
+auxiliary coefficient at ``alpha / W`` (experiments/README.md, tests/test_recipe_paper.py).
 """
 
 from __future__ import annotations
