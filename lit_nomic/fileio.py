@@ -38,23 +38,33 @@ _LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
 _CLEANED: set[str] = set()  # folders already cleaned by this process
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write`` on a temp file beside ``path`` and move it into place; never leaves partials."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file name beside ``path`` to write; on success it is fsynced, made 0644 and
+    moved into place, on an exception deleted. For writers that need a name, not a handle (memory
+    maps, decompressors); :func:`atomic_write` is the handle form."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     if str(target.parent) not in _CLEANED:
         remove_stale_temporaries(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write`` on a temp file beside ``path`` and move it into place; never leaves partials."""
+    target = Path(path)
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        write(fh)
     return target
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from lit_nomic.fileio import atomic_write
+from lit_nomic.fileio import atomic_path, atomic_write
 
 SearchBackendName = Literal["auto", "faiss", "torch", "faiss-ivf"]
 BACKENDS: tuple[str, ...] = ("auto", "faiss", "torch", "faiss-ivf")
@@ -165,10 +164,8 @@ def encode(
         if path is not None:
             atomic_write(path, lambda fh: np.save(fh, emb, allow_pickle=False))
         return emb
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npy")
-    out = None
-    try:
+    with atomic_path(path) as tmp:
+        out = None
         for start in range(0, len(texts), cfg.in_memory_rows):
             block = encode_texts(cfg.encoder, list(texts[start : start + cfg.in_memory_rows]), **kwargs)
             if out is None:
@@ -179,10 +176,6 @@ def encode(
         assert out is not None
         out.flush()
         del out
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return np.load(path, mmap_mode="c")
 
 

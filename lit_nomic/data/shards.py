@@ -31,6 +31,7 @@ import numpy as np
 
 from lit_nomic.data.formats import parse_json_line
 from lit_nomic.data.records import DataFormatError, OnError, SkipReport, handle_bad_line
+from lit_nomic.fileio import atomic_write
 from lit_nomic.paths import DATA_ENV, data_root
 
 __all__ = [
@@ -105,14 +106,10 @@ def materialize_shard(path: Path, cache_dir: str | os.PathLike | None = None) ->
     target = cache / f"{path.name[: -len('.gz')]}.{key}"
     if target.exists():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    try:
-        with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, length=1 << 20)
-        os.replace(tmp, target)  # atomic: concurrent ranks each write their own tmp, last one wins
+    try:  # atomic: concurrent ranks each write their own temporary, last one wins
+        with gzip.open(path, "rb") as src:
+            atomic_write(target, lambda dst: shutil.copyfileobj(src, dst, length=1 << 20))
     except (OSError, EOFError, zlib.error) as exc:
-        tmp.unlink(missing_ok=True)
         raise DataFormatError(str(path), f"cannot decompress gzip shard: {exc}") from exc
     return target
 
