@@ -13,6 +13,8 @@ Loss of one step (every term is logged under ``train/``)::
 ``infonce`` is the (Matryoshka-weighted) contrastive loss over the global batch; ``aux_loss`` and
 ``z_loss`` are the unweighted router regularisers, summed over the query/document/negative passes and
 averaged over MoE layers (:func:`lit_nomic.objectives.moe_regularisation`), computed per rank on local tokens.
+With a ``distill`` block, ``infonce`` is weighted and a frozen teacher's terms are added
+(:mod:`lit_nomic.training.distill`, logged under ``train/distill/``).
 
 Exact resume: the data position and the loss-free router biases (a persistent buffer) travel in the
 checkpoint; random draws inside a step are reseeded per micro-batch (:mod:`.seeding`), so a resumed
@@ -35,6 +37,7 @@ from lit_nomic.model.encoder import Encoder, EncoderOutput
 from lit_nomic.objectives.infonce import InfoNCELoss
 from lit_nomic.objectives.matryoshka import MatryoshkaLoss
 from lit_nomic.objectives.moe_balance import moe_regularisation
+from lit_nomic.training.distill import DistillConfig, Distiller
 from lit_nomic.training.expert_stats import expert_load_metrics
 from lit_nomic.training.optim import OptimConfig, build_optimizer
 from lit_nomic.training.parallel import all_reduce_gradients, clip_grad_norm, clip_grads_with_norm, grad_norm
@@ -96,13 +99,21 @@ class StepOutput(NamedTuple):
     logit_scale: Tensor
     per_dim_loss: dict[int, Tensor]  # Matryoshka prefix -> unweighted loss (empty without Matryoshka)
     passes: list[EncoderOutput]
+    distill: dict[str, Tensor] = {}  # unweighted, detached distillation terms (empty without a teacher)
 
 
 # Checkpoints pickle these configs in ``hyper_parameters``; Lightning loads checkpoints with torch's
 # ``weights_only=True`` unpickler, which refuses any class not allow-listed (resume would fail).
 # ``lit-nomic export``/``eval``/``encode`` load checkpoints with the same unpickler and this same
 # list (``torch.serialization.safe_globals``), so a checkpoint is data, never code.
-CHECKPOINT_SAFE_GLOBALS: list[Any] = [ModelSpec, LossConfig, OptimConfig, ParallelConfig, SourceSpec]
+CHECKPOINT_SAFE_GLOBALS: list[Any] = [
+    ModelSpec,
+    LossConfig,
+    OptimConfig,
+    ParallelConfig,
+    SourceSpec,
+    DistillConfig,
+]
 torch.serialization.add_safe_globals(CHECKPOINT_SAFE_GLOBALS)
 
 
@@ -115,6 +126,8 @@ class ContrastiveModule(L.LightningModule):
         optim: AdamW and the learning-rate schedule.
         activation_checkpointing: recompute each block in backward (memory for compute).
         parallel: FSDP2 settings, used only under ``ModelParallelStrategy``.
+        distill: a frozen teacher and the distillation terms added to the loss
+            (:mod:`lit_nomic.training.distill`); None trains without a teacher.
     """
 
     def __init__(
@@ -124,6 +137,7 @@ class ContrastiveModule(L.LightningModule):
         optim: OptimConfig | None = None,
         activation_checkpointing: bool = False,
         parallel: ParallelConfig | None = None,
+        distill: DistillConfig | None = None,
     ) -> None:
         super().__init__()
         if model is None:
@@ -150,6 +164,7 @@ class ContrastiveModule(L.LightningModule):
             else infonce
         )
         self._infonce = infonce
+        self.distiller = Distiller(distill, self.embedder) if distill is not None else None
         self.throughput_clock = ThroughputClock()
         self._seed: int | None = None
         self._replicated_params: list[nn.Parameter] = []  # unsharded params under FSDP2 (all-reduced by hand)
@@ -179,6 +194,8 @@ class ContrastiveModule(L.LightningModule):
             )
         dp_mesh = mesh["data_parallel"] if "data_parallel" in names else mesh
         self._infonce.group = dp_mesh.get_group()
+        if self.distiller is not None:
+            self.distiller.group = self._infonce.group
         pc = self.parallel_config
         apply_fsdp2(
             self.embedder,
@@ -189,7 +206,9 @@ class ContrastiveModule(L.LightningModule):
             reshard_after_forward=pc.reshard_after_forward,
         )
         # The learned temperature is a 0-d parameter, which FSDP2 cannot shard: keep it replicated.
-        self._replicated_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
+        # So is the distillation projection, which lives outside the sharded embedder.
+        extra = list(self.distiller.parameters()) if self.distiller is not None else []
+        self._replicated_params = [p for p in [*self.loss_fn.parameters(), *extra] if p.requires_grad]
         self._fsdp_applied = True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -299,8 +318,12 @@ class ContrastiveModule(L.LightningModule):
             z_coef=config.z_loss_coef,
         )
         per_dim = getattr(out, "per_dim_loss", None) or {}
+        loss, distill = out.loss, {}
+        if self.distiller is not None:
+            extra = self.distiller(batch, q.embeddings, d.embeddings, negatives, doc_ids)
+            loss, distill = self.distiller.config.infonce_weight * out.loss + extra.total, extra.terms
         return StepOutput(
-            loss=out.loss + reg.total,
+            loss=loss + reg.total,
             infonce=out.loss,
             aux_loss=reg.aux,
             z_loss=reg.z,
@@ -308,6 +331,7 @@ class ContrastiveModule(L.LightningModule):
             logit_scale=out.logit_scale,
             per_dim_loss=dict(per_dim),
             passes=passes,
+            distill=distill,
         )
 
     def _log_step(self, step: StepOutput, batch: dict[str, Any], stage: str) -> None:
@@ -323,6 +347,8 @@ class ContrastiveModule(L.LightningModule):
             self.log(f"{stage}/accuracy/{source}", step.accuracy, **opts)
         for dim, value in step.per_dim_loss.items():
             self.log(f"{stage}/infonce_dim{dim}", value, **opts)
+        for name, value in step.distill.items():
+            self.log(f"{stage}/distill/{name}", value, **opts)
         config = self.encoder.config
         if config.is_moe:
             self.log(f"{stage}/aux_loss", step.aux_loss, **opts)
