@@ -377,6 +377,7 @@ def _check_output(output: Path) -> None:
 
 def _commands() -> dict[str, tuple[Callable, str]]:
     from lit_nomic.curation.cli import filter_pairs, mine  # light: heavy imports happen inside
+    from lit_nomic.model.merge import merge_experts_command
 
     return {
         "info": (info, "parameter counts (total/active) and FLOPs per token of a preset, as JSON"),
@@ -389,6 +390,7 @@ def _commands() -> dict[str, tuple[Callable, str]]:
         "export": (export, "export a model as a sentence-transformers folder, the NomicBERT layout or ONNX"),
         "filter": (filter_pairs, "consistency filtering: keep pairs whose document ranks top-k in its chunk"),
         "mine": (mine, "hard-negative mining with a teacher: negatives below a margin of the positive"),
+        "merge-experts": (merge_experts_command, "average each MoE layer's experts into one dense FFN"),
     }
 
 
