@@ -284,6 +284,34 @@ def test_two_process_distillation_matches_single_process() -> None:
     assert float(match.group(2)) < 1e-5 and float(match.group(3)) < 1e-5, report
 
 
+@pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
+)
+def test_lightning_ddp_distillation_matches_single_process(tmp_path: Path) -> None:
+    """Lightning's own DDP strategy (2 gloo processes): the logged global-batch losses of 3 steps."""
+    sys.path.insert(0, str(DIST_SCRIPT.parent))
+    try:
+        import train_common
+    finally:
+        sys.path.remove(str(DIST_SCRIPT.parent))
+    data = train_common.write_toy_pairs(tmp_path / "pairs.jsonl")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)  # the script launches its own 2 processes
+    script = DIST_SCRIPT.parent / "distill_lightning_ddp.py"
+    cmd = [sys.executable, str(script), "--out", str(tmp_path), "--data", str(data), "--steps", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env, cwd=REPO_ROOT)
+    report = f"exit code {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, report
+    match = re.search(r"^OK steps=3 max_loss_diff=(\S+)$", proc.stdout, re.MULTILINE)
+    assert match and float(match.group(1)) < 1e-5, report
+
+
 # ---------------------------------------------------------------------------- lit-nomic fit
 def test_fit_distill_minilm_end_to_end(tmp_path: Path, shared_data: Path, minilm_dir: Path) -> None:
     """The experiment YAML as shipped, with a small upcycled teacher folder and 2 steps at batch 4."""

@@ -149,8 +149,11 @@ class Distiller(nn.Module):
             )
         # A tuple, not an attribute nn.Module would register: see the module docstring.
         self._teacher: tuple[Embedder] = (teacher,)
-        self.embedding_loss = EmbeddingMatchLoss(
-            student.embedding_dim, teacher.embedding_dim, config.embedding_metric
+        # Only with a weight: an unused projection would be a DDP parameter that never gets a gradient.
+        self.embedding_loss = (
+            EmbeddingMatchLoss(student.embedding_dim, teacher.embedding_dim, config.embedding_metric)
+            if config.embedding_weight > 0
+            else None
         )
         self.score_loss = ScoreDistillationLoss(config.score_temperature, config.gather_across_ranks)
 
@@ -165,7 +168,8 @@ class Distiller(nn.Module):
     @group.setter
     def group(self, value: Any) -> None:
         self.score_loss.group = value
-        self.embedding_loss.group = value
+        if self.embedding_loss is not None:
+            self.embedding_loss.group = value
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -203,7 +207,7 @@ class Distiller(nn.Module):
         t = self.teacher_embeddings(batch, tuple(keys)) if keys else {}
         zero = query.new_zeros((), dtype=torch.float32)
         embedding = score = zero
-        if cfg.embedding_weight > 0:
+        if self.embedding_loss is not None:
             embedding = self.embedding_loss(torch.cat([query, document]), torch.cat([t["query"], t["doc"]]))
         if cfg.score_weight > 0 and data_scores is not None:
             candidates = document[:, None, :]
