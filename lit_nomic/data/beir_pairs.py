@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from lit_nomic.data import formats
-from lit_nomic.data.formats import parse_json_line, read_qrels
+from lit_nomic.data.formats import iter_raw_lines, parse_json_line, read_qrels
 from lit_nomic.data.records import (
     DataFormatError,
+    IndexedSource,
     OnError,
     PairRecord,
     SkipReport,
@@ -59,39 +60,30 @@ def _index_ids(
     """Byte (offset, length) of each wanted ``_id`` in a BEIR JSONL file; validates the wanted lines."""
     found: dict[str, tuple[int, int]] = {}
     first_line: dict[str, int] = {}
-    position = 0
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            start = position
-            position += len(raw)
-            if not raw.strip():
+    for line_number, start, raw, where in iter_raw_lines(path):
+        try:
+            obj = parse_json_line(raw, where)
+            doc_id = obj.get("_id")
+            if not isinstance(doc_id, str | int) or isinstance(doc_id, bool):
+                raise DataFormatError(where, "missing or non-string field '_id'")
+            doc_id = str(doc_id)
+            if doc_id not in wanted:
                 continue
-            where = f"{path}:{line_number}"
-            try:
-                obj = parse_json_line(raw, where)
-                doc_id = obj.get("_id")
-                if not isinstance(doc_id, str | int) or isinstance(doc_id, bool):
-                    raise DataFormatError(where, "missing or non-string field '_id'")
-                doc_id = str(doc_id)
-                if doc_id not in wanted:
-                    continue
-                if doc_id in first_line:
-                    raise DataFormatError(
-                        where, f"duplicate _id {doc_id!r} (first at line {first_line[doc_id]})"
-                    )
-                first_line[doc_id] = line_number
-                if check == "query":
-                    require_text(obj, "text", where)
-                else:
-                    document_text(obj, where)
-            except DataFormatError as exc:
-                handle_bad_line(exc, on_error, report)
-                continue
-            found[doc_id] = (start, len(raw))
+            if doc_id in first_line:
+                raise DataFormatError(where, f"duplicate _id {doc_id!r} (first at line {first_line[doc_id]})")
+            first_line[doc_id] = line_number
+            if check == "query":
+                require_text(obj, "text", where)
+            else:
+                document_text(obj, where)
+        except DataFormatError as exc:
+            handle_bad_line(exc, on_error, report)
+            continue
+        found[doc_id] = (start, len(raw))
     return found
 
 
-class BeirPairs:
+class BeirPairs(IndexedSource):
     """Training pairs of one BEIR split; ``len`` is the number of positive qrels kept."""
 
     def __init__(
@@ -142,17 +134,8 @@ class BeirPairs:
     def __len__(self) -> int:
         return int(self._rows.shape[0])
 
-    @property
-    def skip_report(self) -> SkipReport:
-        return self._report
-
-    @property
-    def skipped(self) -> int:
-        return self._report.skipped
-
     def record(self, index: int) -> PairRecord:
-        if not 0 <= index < len(self):
-            raise IndexError(f"source {self.name!r}: row {index} out of range [0, {len(self)})")
+        self._check_row(index)
         q_off, q_len, d_off, d_len = (int(v) for v in self._rows[index])
         q_where = f"{self.queries_path} @ byte {q_off}"
         d_where = f"{self.corpus_path} @ byte {d_off}"

@@ -39,6 +39,7 @@ __all__ = [
     "is_beir_folder",
     "iter_jsonl",
     "iter_lines",
+    "iter_raw_lines",
     "load_corpus",
     "load_qrels_tsv",
     "load_queries",
@@ -112,6 +113,23 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(obj, dict):
             raise DataFormatError(f"{path}:{lineno}", f"expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
+
+
+def iter_raw_lines(
+    read_path: str | Path, cite: str | Path | None = None
+) -> Iterator[tuple[int, int, bytes, str]]:
+    """``(line_number, byte_offset, raw_line, "file:line")`` of each non-blank line, for offset indexes.
+
+    ``cite`` is the file named in ``"file:line"`` (the ``.gz`` a user gave, when ``read_path`` is its
+    decompressed cache copy); by default ``read_path``.
+    """
+    position = 0
+    with open(read_path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            start = position
+            position += len(raw)
+            if raw.strip():
+                yield line_number, start, raw, f"{cite or read_path}:{line_number}"
 
 
 def parse_json_line(raw: bytes, where: str) -> dict:
@@ -191,22 +209,28 @@ def beir_splits(path: Path) -> list[str]:
     return sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
 
 
+def _with_unique_ids(path: Path, what: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(line, _id, object)`` of each line of a BEIR JSONL file; a repeated id fails naming both lines."""
+    first_line: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        item_id = field_str(obj, "_id", path, lineno)
+        if item_id in first_line:
+            raise DataFormatError(
+                f"{path}:{lineno}", f"duplicate {what} id {item_id!r} (first at line {first_line[item_id]})"
+            )
+        first_line[item_id] = lineno
+        yield lineno, item_id, obj
+
+
 def load_corpus(path: Path) -> dict[str, Document]:
     """A whole ``corpus.jsonl`` (strict: duplicate ids and empty documents are errors)."""
     corpus: dict[str, Document] = {}
-    first_line: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path):
-        doc_id = field_str(obj, "_id", path, lineno)
-        if doc_id in corpus:
-            raise DataFormatError(
-                f"{path}:{lineno}", f"duplicate document id {doc_id!r} (first at line {first_line[doc_id]})"
-            )
+    for lineno, doc_id, obj in _with_unique_ids(path, "document"):
         text = field_str(obj, "text", path, lineno)
         title = field_str(obj, "title", path, lineno, required=False)
         if not title.strip() and not text.strip():
             raise DataFormatError(f"{path}:{lineno}", f"document {doc_id!r} has empty 'title' and 'text'")
         corpus[doc_id] = Document(id=doc_id, title=title, text=text)
-        first_line[doc_id] = lineno
     if not corpus:
         raise DataFormatError(str(path), "empty corpus (no documents)")
     return corpus
@@ -222,16 +246,11 @@ class Queries:
 
 def read_queries(path: Path) -> Queries:
     queries: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path):
-        qid = field_str(obj, "_id", path, lineno)
-        if qid in queries:
-            raise DataFormatError(
-                f"{path}:{lineno}", f"duplicate query id {qid!r} (first at line {first_line[qid]})"
-            )
+    lines: dict[str, int] = {}
+    for lineno, qid, obj in _with_unique_ids(path, "query"):
         queries[qid] = field_str(obj, "text", path, lineno)
-        first_line[qid] = lineno
-    return Queries(queries, first_line)
+        lines[qid] = lineno
+    return Queries(queries, lines)
 
 
 def load_queries(path: Path) -> dict[str, str]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from lit_nomic.data.records import (
     DataFormatError,
+    IndexedSource,
     OnError,
     PairRecord,
     SkipReport,
@@ -74,7 +75,7 @@ class ColumnExtractor:
         return PairRecord(queries, positives, negatives)
 
 
-class IndexedJsonlPairs:
+class IndexedJsonlPairs(IndexedSource):
     """Any JSONL layout with one record per line, given an extractor; indexes on construction."""
 
     def __init__(
@@ -111,17 +112,8 @@ class IndexedJsonlPairs:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    @property
-    def skip_report(self) -> SkipReport:
-        return self._report
-
-    @property
-    def skipped(self) -> int:
-        return self._report.skipped
-
     def record(self, index: int) -> PairRecord:
-        if not 0 <= index < len(self):
-            raise IndexError(f"source {self.name!r}: row {index} out of range [0, {len(self)})")
+        self._check_row(index)
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         offset = int(self._offsets[index])
         raw = self._reader.read(shard, offset, int(self._lengths[index]))

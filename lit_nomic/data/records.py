@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "ON_ERROR_CHOICES",
     "DataFormatError",
+    "IndexedSource",
     "OnError",
     "PairRecord",
     "PairSource",
@@ -100,6 +101,28 @@ class SkipReport:
                 kept,
                 " | ".join(self.examples),
             )
+
+
+class IndexedSource:
+    """What the offset-indexed readers share: the skip report and the row-range check of ``record``."""
+
+    name: str
+    _report: SkipReport
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def skip_report(self) -> SkipReport:
+        return self._report
+
+    @property
+    def skipped(self) -> int:
+        return self._report.skipped
+
+    def _check_row(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"source {self.name!r}: row {index} out of range [0, {len(self)})")
 
 
 def handle_bad_line(error: DataFormatError, on_error: OnError, report: SkipReport) -> None:

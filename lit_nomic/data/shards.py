@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lit_nomic.data.formats import parse_json_line
+from lit_nomic.data.formats import iter_raw_lines, parse_json_line
 from lit_nomic.data.records import DataFormatError, OnError, SkipReport, handle_bad_line
 from lit_nomic.fileio import atomic_write
 from lit_nomic.paths import DATA_ENV, data_root
@@ -141,24 +141,17 @@ def index_jsonl(
     """
     offsets = array("q")
     lengths = array("i")
-    position = 0
-    with open(read_path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            start = position
-            position += len(raw)
-            if not raw.strip():
-                continue
-            where = f"{path}:{line_number}"
-            if len(raw) > _MAX_LINE_BYTES:
-                handle_bad_line(DataFormatError(where, "line longer than 2 GiB"), on_error, report)
-                continue
-            try:
-                validate(parse_json_line(raw, where), where)
-            except DataFormatError as exc:
-                handle_bad_line(exc, on_error, report)
-                continue
-            offsets.append(start)
-            lengths.append(len(raw))
+    for _, start, raw, where in iter_raw_lines(read_path, path):
+        if len(raw) > _MAX_LINE_BYTES:
+            handle_bad_line(DataFormatError(where, "line longer than 2 GiB"), on_error, report)
+            continue
+        try:
+            validate(parse_json_line(raw, where), where)
+        except DataFormatError as exc:
+            handle_bad_line(exc, on_error, report)
+            continue
+        offsets.append(start)
+        lengths.append(len(raw))
     return LineIndex(
         np.frombuffer(offsets, dtype=np.int64).copy(), np.frombuffer(lengths, dtype=np.int32).copy()
     )
