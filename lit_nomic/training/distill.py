@@ -116,14 +116,18 @@ def _is_checkpoint(ref: str) -> bool:
 
 def load_teacher(spec: ModelSpec) -> Embedder:
     """The frozen teacher in eval mode: a training checkpoint as exported, anything else as a run's init."""
-    if spec.init_from is not None and _is_checkpoint(spec.init_from):
-        if spec.preset is not None or spec.overrides:
-            raise ValueError("distill.teacher: a checkpoint teacher takes no preset or overrides")
-        from lit_nomic.training.export import load_checkpoint_embedder
+    try:
+        if spec.init_from is not None and _is_checkpoint(spec.init_from):
+            if spec.preset is not None or spec.overrides:
+                raise ValueError("a checkpoint teacher takes no preset or overrides")
+            from lit_nomic.training.export import load_checkpoint_embedder
 
-        teacher = load_checkpoint_embedder(spec.init_from)
-    else:
-        teacher = build_embedder(spec)
+            teacher = load_checkpoint_embedder(spec.init_from)
+        else:
+            teacher = build_embedder(spec)
+    except (FileNotFoundError, ValueError) as err:  # name the block: the student loads the same way
+        kind = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+        raise kind(f"distill.teacher: {err}") from err
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
