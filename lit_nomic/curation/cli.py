@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import Any, Literal
+
+from lit_nomic.sweeps.launch import SlurmOptions
 
 SearchChoice = Literal["auto", "faiss", "torch", "faiss-ivf"]
 
@@ -33,6 +35,34 @@ def _fail(command: str, err: Exception) -> SystemExit:
     return SystemExit(2)
 
 
+def _launch(command: str, args: dict[str, Any]) -> bool:
+    """Start ``args["workers"]`` shard workers when asked to; True when this process must now merge
+    (or, with one local worker, simply do the work itself)."""
+    if args["workers"] == 1 and args["launcher"] == "local":
+        return True
+    from lit_nomic.curation.common import CurationError
+    from lit_nomic.curation.launch import launch_workers
+
+    try:
+        return launch_workers(
+            command, args, args["workers"], args["launcher"], args["slurm"], args["dry_run"]
+        )
+    except CurationError as err:
+        raise _fail(command, err) from err
+
+
+_LAUNCH_DOC = """
+        workers: run the independent units (chunks / corpus shards) in this many worker processes
+            sharing ``output`` (``--shard i/n`` each), then merge here; a re-run resumes.
+        launcher: ``local`` (subprocesses here, threads split, one visible GPU each) or ``slurm``
+            (a submitit job array of ``workers`` one-GPU tasks plus a merge job depending on it).
+        slurm: partition, account, qos, time_min, gpus_per_node (0: CPU jobs, else 1 GPU per
+            worker), cpus_per_task, mem_gb, constraint of the SLURM jobs.
+        dry_run: print the workers' commands (local) or write runnable sbatch scripts to
+            ``OUTPUT/workers/`` (slurm); nothing runs.
+"""
+
+
 def filter_pairs(
     model: str,
     data: str,
@@ -55,6 +85,10 @@ def filter_pairs(
     in_memory_rows: int = 200_000,
     on_error: Literal["raise", "skip"] = "raise",
     data_root: str | None = None,
+    workers: int = 1,
+    launcher: Literal["local", "slurm"] = "local",
+    slurm: SlurmOptions | None = None,
+    dry_run: bool = False,
 ) -> dict | None:
     """Consistency filtering: keep a pair when its own document ranks in its query's top-k among the
     documents of its chunk (Nomic Embed v2: chunks of 1M pairs, top-2).
@@ -93,7 +127,9 @@ def filter_pairs(
         on_error: ``raise`` at the first bad line (naming file:line) or ``skip`` bad lines (counted
             per source in the report).
         data_root: the data root (default ``$LIT_NOMIC_DATA``).
-    """
+    """  # the launch options' docs are appended below
+    if not _launch("filter", dict(locals())):
+        return None
     from lit_nomic.curation.common import CurationError
     from lit_nomic.curation.filter import FilterSettings, consistency_filter
     from lit_nomic.curation.inputs import open_pair_sources, pair_specs
@@ -160,6 +196,10 @@ def mine(
     in_memory_rows: int = 200_000,
     on_error: Literal["raise", "skip"] = "raise",
     data_root: str | None = None,
+    workers: int = 1,
+    launcher: Literal["local", "slurm"] = "local",
+    slurm: SlurmOptions | None = None,
+    dry_run: bool = False,
 ) -> dict | None:
     """Hard-negative mining with a teacher: for each (query, positive), retrieve ``candidates``
     documents, drop every known positive of the query, drop those scoring above
@@ -201,7 +241,9 @@ def mine(
         in_memory_rows: embed larger corpus shards block by block into memory-mapped files.
         on_error: for pair data: ``raise`` at the first bad line or ``skip`` (counted).
         data_root: the data root (default ``$LIT_NOMIC_DATA``).
-    """
+    """  # the launch options' docs are appended below
+    if not _launch("mine", dict(locals())):
+        return None
     from lit_nomic.curation.common import CurationError
     from lit_nomic.curation.inputs import _find, open_pair_sources, pair_specs
     from lit_nomic.curation.mine import MineSettings, beir_mine_input, mine_negatives, pairs_mine_input
@@ -257,3 +299,7 @@ def mine(
         f"({t.get('dropped_too_few_negatives', 0)} dropped with too few negatives) -> {output}/triplets.jsonl"
     )
     return result.report
+
+
+filter_pairs.__doc__ = (filter_pairs.__doc__ or "").rstrip() + _LAUNCH_DOC
+mine.__doc__ = (mine.__doc__ or "").rstrip() + _LAUNCH_DOC
