@@ -416,9 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command != "bench" and os.environ.get("LIT_NOMIC_TUNE_MALLOC", "0") == "1":
         # Opt-in: keep large freed CPU tensors in the heap instead of re-faulting fresh pages each
-        # step (lit_nomic/allocator.py: 1.2x faster encoding here), at the price of a larger resident
-        # heap, which a long CPU fit + evaluation was seen to grow to several GB.
-        from lit_nomic.allocator import tune_glibc_malloc
+        # step (lit_nomic/bench/allocator.py: 1.2x faster encoding here), at the price of a larger
+        # resident heap, which a long CPU fit + evaluation was seen to grow to several GB.
+        from lit_nomic.bench.allocator import tune_glibc_malloc
 
         tune_glibc_malloc()
     if command == "test":  # LightningCLI's test loop: this project has none

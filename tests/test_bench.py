@@ -299,7 +299,7 @@ def test_cli_help_lists_benchmarks(capsys: pytest.CaptureFixture[str]) -> None:
 
 _FAULTS_SCRIPT = """
 import resource, sys, torch
-from lit_nomic.allocator import tune_glibc_malloc
+from lit_nomic.bench.allocator import tune_glibc_malloc
 
 def faults_per_alloc():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
