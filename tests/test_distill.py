@@ -207,6 +207,71 @@ def test_mined_scores_replace_the_teacher_for_the_kl_term() -> None:
     assert step.loss.item() == pytest.approx(step.infonce.item() + expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("selection", ["first", "random"])
+def test_mined_triplets_reach_the_score_term_through_the_data_module(tmp_path: Path, selection: str) -> None:
+    """``lit-nomic mine`` output -> ContrastiveDataModule -> ``teacher_scores`` -> the KL term, one step."""
+    import json
+
+    from lit_nomic.data.datamodule import ContrastiveDataModule
+
+    topics = ["protein enzyme", "ocean reef", "volcano ash", "piano song"]
+    lines = [
+        {
+            "query": f"about {t}",
+            "pos": [f"a study of {t}"],
+            "neg": [f"{t} note {j}" for j in range(3)],
+            "pos_score": 0.9 - i / 10,
+            "neg_scores": [0.6 - i / 10, 0.5 - i / 10, 0.4 - i / 10],
+        }
+        for i, t in enumerate(topics)
+    ]
+    data = tmp_path / "triplets.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    source = SourceSpec(
+        name="mined",
+        path=str(data),
+        query_prefix="",
+        document_prefix="",
+        num_negatives=2,
+        negatives=selection,
+    )
+    dm = ContrastiveDataModule(sources=[source], tokenizer=TOKENIZER, batch_size=4, seed=1)
+    dm.build()
+    batch = dm.dataset.batch(0, 0)  # type: ignore[union-attr]
+    tok = dm.dataset.collator.tokenizer  # type: ignore[union-attr]
+    queries = [tok.decode(ids, skip_special_tokens=True) for ids in batch["query_input_ids"]]
+    negatives = [tok.decode(ids, skip_special_tokens=True) for ids in batch["neg_input_ids"]]
+    by_query = {line["query"]: line for line in lines}
+    score_of = {n: s for line in lines for n, s in zip(line["neg"], line["neg_scores"], strict=True)}
+    expected = torch.tensor(
+        [
+            [by_query[q]["pos_score"], *(score_of[n] for n in negatives[2 * i : 2 * i + 2])]
+            for i, q in enumerate(queries)
+        ]
+    )
+    if selection == "first":  # the hand-picked values: the first 2 of each list
+        first = [[by_query[q]["pos_score"], *by_query[q]["neg_scores"][:2]] for q in queries]
+        assert torch.equal(expected, torch.tensor(first))
+    assert torch.equal(batch["teacher_scores"], expected)
+
+    module = make_module(tiny_spec("tiny-moe"), embedding_weight=0.0, score_weight=1.0)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the teacher must not run when the batch carries its scores")
+
+    module.distiller.teacher.forward = refuse  # type: ignore[method-assign]
+    module.train()
+    optimizer = module.configure_optimizers()["optimizer"]
+    step = module.compute_losses(batch)
+    q, d, n = (p.embeddings for p in step.passes[:3])
+    want = ScoreDistillationLoss(0.05).from_scores(q, torch.cat([d[:, None], n.view(4, 2, -1)], 1), expected)
+    assert step.distill["score"].item() == pytest.approx(want.item(), rel=1e-6)
+    assert step.distill["score"].item() > 0
+    step.loss.backward()
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
 def test_checkpoints_hold_no_teacher_and_resume_and_export(tmp_path: Path) -> None:
     """A distillation checkpoint: student + projection only; it resumes, and exports the student."""
     import json

@@ -46,7 +46,13 @@ import yaml
 
 from lit_nomic.data.beir_pairs import BeirPairs
 from lit_nomic.data.jsonl import ColumnExtractor, JsonlPairs
-from lit_nomic.data.records import ON_ERROR_CHOICES, OnError, PairSource
+from lit_nomic.data.records import (
+    NEGATIVE_SELECTIONS,
+    ON_ERROR_CHOICES,
+    NegativeSelection,
+    OnError,
+    PairSource,
+)
 from lit_nomic.data.scitldr import SCITLDR_QUERY_FIELDS, SciTldrPairs
 
 __all__ = [
@@ -81,7 +87,11 @@ class SourceSpec:
     ``query_column``: JSONL column of the query (default ``query``); for ``scitldr`` either ``target``
     (TLDRs, default) or ``title``; unused for ``beir``. ``document_column``: JSONL column of the
     positive, default ``document`` or else ``pos``. ``negatives_column`` is read only when
-    ``num_negatives > 0`` (JSONL only). ``split``: the qrels file of a BEIR folder, or the SciTLDR split.
+    ``num_negatives > 0`` (JSONL only). ``negatives``: how the ``num_negatives`` of a longer list are
+    chosen: ``random`` (default; drawn anew each epoch) or ``first`` (the first ones in file order,
+    i.e. a miner's best, every epoch: contrastors' ``sample_negatives: false``). ``teacher_scores``:
+    read the miner's ``pos_score`` / ``neg_scores`` when a line has them, so that batches carry
+    ``teacher_scores`` for score distillation (JSONL only; see :mod:`lit_nomic.data.jsonl`). ``split``: the qrels file of a BEIR folder, or the SciTLDR split.
     ``weight``: the sampling weight under ``weighting="explicit"``. ``per_language``, ``languages``
     and ``language_weights``: expand a folder of per-language shards into one source per language
     (see the module docstring); ``language``: the language of the source (set by that expansion;
@@ -101,6 +111,8 @@ class SourceSpec:
     max_query_length: int = 512
     max_document_length: int = 512
     num_negatives: int = 0
+    negatives: NegativeSelection = "random"
+    teacher_scores: bool = True
     per_language: bool = False
     languages: list[str] | None = None
     language_weights: dict[str, float] | None = None
@@ -140,6 +152,10 @@ def validate_spec(spec: SourceSpec) -> None:
         raise _fail(name, "num_negatives", f"must be an integer >= 0, got {n!r}")
     if n > 0 and spec.format != "jsonl":
         raise _fail(name, "num_negatives", f"format {spec.format!r} has no negatives; use 0")
+    if spec.negatives not in NEGATIVE_SELECTIONS:
+        raise _fail(name, "negatives", f"must be one of {NEGATIVE_SELECTIONS}, got {spec.negatives!r}")
+    if not isinstance(spec.teacher_scores, bool):
+        raise _fail(name, "teacher_scores", f"must be true or false, got {spec.teacher_scores!r}")
     if spec.weight is not None:
         w = spec.weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w) or w <= 0:
@@ -356,6 +372,7 @@ def open_source(
             document=spec.document_column,
             negatives=spec.negatives_column,
             num_negatives=spec.num_negatives,
+            teacher_scores=spec.teacher_scores,
         )
         return JsonlPairs(spec.name, spec.path, columns, root=root, on_error=on_error, cache_dir=cache_dir)
     except FileNotFoundError as exc:

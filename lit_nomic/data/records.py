@@ -4,6 +4,15 @@ A record keeps *alternatives* (several phrasings of the query, several positives
 negatives exactly as the file lists them; which alternative and which negatives a batch uses is decided
 later by :func:`choose`, from a seed that depends only on (seed, epoch, source, row). Keeping that choice
 out of the readers is what lets the whole training stream stay a pure function of (seed, epoch, step).
+
+Negatives are chosen in one of two ways (:data:`NEGATIVE_SELECTIONS`, a source's ``negatives`` field):
+``random`` draws ``n`` of the pool without replacement, anew each epoch; ``first`` takes the first ``n``
+in file order every epoch (contrastors' ``sample_negatives: false``: a miner writes its list best first).
+
+Teacher scores. A record may carry the mining teacher's cosine scores (``lit-nomic mine`` writes
+``pos_score`` / ``neg_scores``), aligned with its positives and its negative pool; :func:`choose` then
+hands on the scores of exactly the positive and the negatives it picked, so a batch's
+``teacher_scores`` always describe the texts the batch encodes.
 """
 
 from __future__ import annotations
@@ -17,9 +26,11 @@ from typing import Literal, Protocol
 import numpy as np
 
 __all__ = [
+    "NEGATIVE_SELECTIONS",
     "ON_ERROR_CHOICES",
     "DataFormatError",
     "IndexedSource",
+    "NegativeSelection",
     "OnError",
     "PairRecord",
     "PairSource",
@@ -35,6 +46,8 @@ log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
+NegativeSelection = Literal["random", "first"]
+NEGATIVE_SELECTIONS: tuple[str, ...] = ("random", "first")
 
 
 class DataFormatError(ValueError):
@@ -48,20 +61,31 @@ class DataFormatError(ValueError):
 
 @dataclass(frozen=True)
 class PairRecord:
-    """One training example as stored: query alternatives, positive alternatives, negative pool."""
+    """One training example as stored: query alternatives, positive alternatives, negative pool.
+
+    ``positive_scores`` / ``negative_scores``: the mining teacher's scores, one per positive / per
+    negative of the pool, or None when the file has none.
+    """
 
     queries: tuple[str, ...]
     positives: tuple[str, ...]
     negatives: tuple[str, ...] = ()
+    positive_scores: tuple[float, ...] | None = None
+    negative_scores: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
 class TrainingPair:
-    """The texts one batch row actually uses (prefixes not yet applied)."""
+    """The texts one batch row actually uses (prefixes not yet applied).
+
+    ``scores``: the teacher's scores of ``document`` then of each of ``negatives`` (in that order), when
+    the record carries them; None otherwise.
+    """
 
     query: str
     document: str
     negatives: tuple[str, ...] = ()
+    scores: tuple[float, ...] | None = None
 
 
 class PairSource(Protocol):
@@ -184,22 +208,42 @@ def choose(
     record: PairRecord,
     num_negatives: int,
     rng_for_row: Callable[[], np.random.Generator],
+    selection: NegativeSelection = "random",
 ) -> TrainingPair:
     """Pick one query, one positive and ``num_negatives`` negatives.
 
-    The generator is only built when there is a real choice (most rows have one query, one positive
-    and exactly enough negatives), which keeps batch assembly cheap.
+    ``selection="random"`` draws the negatives without replacement from the row's generator;
+    ``"first"`` takes ``record.negatives[:num_negatives]`` (the query and positive alternatives are
+    still drawn). The generator is only built when there is a real choice (most rows have one query,
+    one positive and exactly enough negatives), which keeps batch assembly cheap; the order of draws
+    (query, positive, negatives) is fixed, so ``random`` gives the same picks as before ``first``
+    existed. When the record carries teacher scores, the pair carries those of its picks.
     """
+    if selection not in NEGATIVE_SELECTIONS:
+        raise ValueError(f"negatives must be one of {NEGATIVE_SELECTIONS}, got {selection!r}")
     if num_negatives > len(record.negatives):
         raise ValueError(f"record has {len(record.negatives)} negatives, need {num_negatives}")
-    needs_rng = len(record.queries) > 1 or len(record.positives) > 1 or len(record.negatives) > num_negatives
+    draw_negatives = selection == "random" and len(record.negatives) > num_negatives
+    needs_rng = len(record.queries) > 1 or len(record.positives) > 1 or draw_negatives
     if not needs_rng:
-        return TrainingPair(record.queries[0], record.positives[0], record.negatives[:num_negatives])
+        return _pair(record, 0, 0, range(num_negatives))
     rng = rng_for_row()
-    query = record.queries[int(rng.integers(len(record.queries)))]
-    positive = record.positives[int(rng.integers(len(record.positives)))]
-    negatives: Sequence[str] = ()
-    if num_negatives:
-        picks = rng.choice(len(record.negatives), size=num_negatives, replace=False)
-        negatives = tuple(record.negatives[int(i)] for i in picks)
-    return TrainingPair(query, positive, tuple(negatives))
+    query = int(rng.integers(len(record.queries)))
+    positive = int(rng.integers(len(record.positives)))
+    picks: Sequence[int] = range(num_negatives)
+    if num_negatives and selection == "random":  # also when exactly n: a built RNG always permutes them
+        picks = [int(i) for i in rng.choice(len(record.negatives), size=num_negatives, replace=False)]
+    return _pair(record, query, positive, picks)
+
+
+def _pair(record: PairRecord, query: int, positive: int, negatives: Sequence[int]) -> TrainingPair:
+    scores = None
+    if record.positive_scores is not None and (not negatives or record.negative_scores is not None):
+        neg_scores = record.negative_scores or ()
+        scores = (record.positive_scores[positive], *(neg_scores[i] for i in negatives))
+    return TrainingPair(
+        record.queries[query],
+        record.positives[positive],
+        tuple(record.negatives[i] for i in negatives),
+        scores,
+    )

@@ -82,6 +82,7 @@ class PlanBatchDataset(IterableDataset):
                 reader.record(int(row)),
                 spec.num_negatives,
                 lambda row=int(row): row_rng(seed, epoch, source, row),
+                spec.negatives,
             )
             for row in rows
         ]
