@@ -14,7 +14,7 @@ from lit_nomic.curation.filter import FilterSettings, consistency_filter, pair_r
 from lit_nomic.curation.inputs import open_pair_sources, pair_specs
 from lit_nomic.data.mixture import SourceSpec, open_source
 from lit_nomic.data.records import DataFormatError
-from lit_nomic.evaluation.cache import EmbeddingCache
+from lit_nomic.evaluation.encoders import EmbeddingCache
 
 
 @pytest.fixture(scope="module")

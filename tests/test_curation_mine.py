@@ -11,7 +11,7 @@ from lit_nomic.curation.common import CurationError, EncodeSettings, encoder_ide
 from lit_nomic.curation.mine import MineSettings, beir_mine_input, mine_negatives, pairs_mine_input
 from lit_nomic.data.datamodule import ContrastiveDataModule
 from lit_nomic.data.mixture import SourceSpec, open_source
-from lit_nomic.evaluation.cache import EmbeddingCache
+from lit_nomic.evaluation.encoders import EmbeddingCache
 
 
 @pytest.fixture(scope="module")

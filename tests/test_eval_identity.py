@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from lexical_encoder import HashingEncoder
 
 from lit_nomic import cli
-from lit_nomic.evaluation.cache import EmbeddingCache, encode_texts
-from lit_nomic.evaluation.lexical import HashingEncoder
+from lit_nomic.evaluation.encoders import EmbeddingCache, encode_texts
+from lit_nomic.evaluation.report import build_table, to_markdown
 from lit_nomic.evaluation.results import (
     IDENTITY_FIELDS,
     build_result,
@@ -19,7 +20,6 @@ from lit_nomic.evaluation.results import (
     write_result,
 )
 from lit_nomic.evaluation.run import evaluate
-from lit_nomic.evaluation.tables import build_table, to_markdown
 
 CORPUS = [
     {"_id": "d1", "title": "Cats", "text": "cats purr and sleep all day"},

@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from lexical_encoder import HashingEncoder
 
 from lit_nomic import cli
+from lit_nomic.data.formats import iter_jsonl, read_text
 from lit_nomic.evaluation.beir import load_beir
-from lit_nomic.evaluation.files import iter_jsonl, read_text
-from lit_nomic.evaluation.lexical import HashingEncoder
-from lit_nomic.evaluation.miracl import load_miracl
+from lit_nomic.evaluation.multilingual import load_miracl
+from lit_nomic.evaluation.pairs import load_stsb_multi_mt
 from lit_nomic.evaluation.results import build_result, load_result, write_result
-from lit_nomic.evaluation.sts import load_stsb_multi_mt
 
 DOCS = [{"_id": f"d{i}", "title": f"title {i}", "text": f"document number {i} " * 20} for i in range(400)]
 QUERIES = [{"_id": "q1", "text": "document number 3"}, {"_id": "q2", "text": "title 7"}]

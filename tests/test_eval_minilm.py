@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from lit_nomic.evaluation.beir import load_beir
-from lit_nomic.evaluation.memo_encoder import MemoizingEncoder
+from lit_nomic.evaluation.encoders import MemoizingEncoder, SentenceTransformerEncoder
 from lit_nomic.evaluation.metrics import evaluate_run, pytrec_eval_available
+from lit_nomic.evaluation.pairs import STSPairs, evaluate_sts, load_stsb_multi_mt
 from lit_nomic.evaluation.retrieval import evaluate_retrieval
 from lit_nomic.evaluation.retrieval_data import subsample
-from lit_nomic.evaluation.st_encoder import SentenceTransformerEncoder
-from lit_nomic.evaluation.sts import STSPairs, evaluate_sts, load_stsb_multi_mt
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,19 @@ from beir_writer import write_beir
 
 pytest.importorskip("mteb")
 
+from lexical_encoder import HashingEncoder  # noqa: E402
+
 from lit_nomic.evaluation import mteb_adapter as ma  # noqa: E402
 from lit_nomic.evaluation.beir import load_beir  # noqa: E402
-from lit_nomic.evaluation.bitext import evaluate_bitext, load_tatoeba  # noqa: E402
-from lit_nomic.evaluation.lexical import HashingEncoder  # noqa: E402
-from lit_nomic.evaluation.memo_encoder import MemoizingEncoder  # noqa: E402
+from lit_nomic.evaluation.encoders import MemoizingEncoder  # noqa: E402
+from lit_nomic.evaluation.pairs import (  # noqa: E402
+    evaluate_bitext,
+    evaluate_sts,
+    load_stsb_multi_mt,
+    load_tatoeba,
+)
 from lit_nomic.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from lit_nomic.evaluation.retrieval_data import subsample  # noqa: E402
-from lit_nomic.evaluation.sts import evaluate_sts, load_stsb_multi_mt  # noqa: E402
 
 
 class CountingHashingEncoder(HashingEncoder):

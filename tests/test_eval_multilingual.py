@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from lit_nomic.evaluation.miracl import load_miracl, miracl_languages
+from lit_nomic.evaluation.multilingual import (
+    XQUAD_R_LANGUAGES,
+    build_xquad_r_task,
+    load_miracl,
+    load_xquad_r_language,
+    miracl_languages,
+    xquad_r_tasks,
+)
 from lit_nomic.evaluation.suites import detect_kind
-from lit_nomic.evaluation.xquad_r import XQUAD_R_LANGUAGES, build_task, load_language, xquad_r_tasks
 
 
 def _miracl_lang(root: Path, lang: str, official_names: bool = False) -> Path:
@@ -98,8 +104,8 @@ def test_xquad_r_tasks_real_data(xquad_root: Path) -> None:
 
 
 def test_xquad_r_sentence_granularity(xquad_root: Path) -> None:
-    en = load_language(xquad_root, "en")
-    task = build_task(en, en, granularity="sentence")
+    en = load_xquad_r_language(xquad_root, "en")
+    task = build_xquad_r_task(en, en, granularity="sentence")
     assert task.name == "xquad_r_sentence" and len(task.corpus) == 1180  # LAReQA's candidate count for en
     raw = json.loads((xquad_root / "en.json").read_text(encoding="utf-8"))
     answers = {

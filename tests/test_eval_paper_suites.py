@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from lexical_encoder import HashingEncoder
 
 from lit_nomic import paths
 from lit_nomic.cli import main
 from lit_nomic.evaluation import suites
-from lit_nomic.evaluation.lexical import HashingEncoder
+from lit_nomic.evaluation.report import build_table
 from lit_nomic.evaluation.results import load_results
 from lit_nomic.evaluation.run import evaluate, format_table
 from lit_nomic.evaluation.suites import CQADUPSTACK_FORUMS, MIRACL_DEV_LANGUAGES, PAPER_SUITES, resolve_data
-from lit_nomic.evaluation.tables import build_table
 
 REPO = Path(__file__).resolve().parents[1]
 Q_PREFIX, D_PREFIX = "search_query: ", "search_document: "

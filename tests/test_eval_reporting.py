@@ -11,15 +11,20 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from lit_nomic.evaluation.plots import (
+from lit_nomic.evaluation.report import (
+    build_table,
     dataset_bar_chart,
     expert_load_heatmap,
     language_bar_chart,
+    latex_escape,
     load_expert_load,
     save_figure,
+    to_csv,
+    to_latex,
+    to_markdown,
+    write_tables,
 )
 from lit_nomic.evaluation.results import build_result, load_result, load_results, result_path, write_result
-from lit_nomic.evaluation.tables import build_table, latex_escape, to_csv, to_latex, to_markdown, write_tables
 
 
 def _result(

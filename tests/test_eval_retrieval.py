@@ -7,13 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lexical_encoder import HashingEncoder
 
 from lit_nomic.evaluation.beir import load_beir
-from lit_nomic.evaluation.cache import CacheKey, EmbeddingCache, encode_texts, texts_sha256
-from lit_nomic.evaluation.embeddings import check_embeddings, truncate_normalize
-from lit_nomic.evaluation.lexical import HashingEncoder
+from lit_nomic.evaluation.encoders import (
+    CacheKey,
+    EmbeddingCache,
+    TextEncoder,
+    check_embeddings,
+    encode_texts,
+    encoder_fingerprint,
+    texts_sha256,
+    truncate_normalize,
+)
 from lit_nomic.evaluation.metrics import evaluate_run, pytrec_eval_available
-from lit_nomic.evaluation.protocol import TextEncoder, encoder_fingerprint
 from lit_nomic.evaluation.retrieval import SearchConfig, evaluate_retrieval, search, self_hit_index, to_run
 from lit_nomic.evaluation.retrieval_data import Document, RetrievalDataset, subsample
 

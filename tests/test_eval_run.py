@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from lexical_encoder import HashingEncoder
 
-from lit_nomic.evaluation.lexical import HashingEncoder
+from lit_nomic.evaluation.report import build_table
 from lit_nomic.evaluation.results import load_results
 from lit_nomic.evaluation.run import evaluate, format_table
 from lit_nomic.evaluation.suites import detect_kind, resolve_data
-from lit_nomic.evaluation.tables import build_table
 
 
 class PromptedHashingEncoder(HashingEncoder):
@@ -127,3 +129,18 @@ def test_resolve_data_and_errors(tmp_path: Path, shared_data: Path) -> None:
             languages=["xx"],
             data_root=shared_data,
         )
+
+
+def test_package_root_exports_the_evaluation_entry_points_lazily() -> None:
+    code = (
+        "import sys, lit_nomic\n"
+        "assert 'torch' not in sys.modules and 'lit_nomic.evaluation' not in sys.modules\n"
+        "from lit_nomic import evaluate, load_results, write_report, TextEncoder, OptimConfig, ModelSpec\n"
+        "from lit_nomic.evaluation import run, report, results, encoders\n"
+        "assert evaluate is run.evaluate and write_report is report.write_report\n"
+        "assert load_results is results.load_results and TextEncoder is encoders.TextEncoder\n"
+        "print([n for n in lit_nomic.__all__ if getattr(lit_nomic, n) is None])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"  # every public name resolves

@@ -4,29 +4,36 @@ A suite that names a missing dataset, language or split would only fail after th
 had been encoded (tens of minutes on CPU); these tests load every entry's data instead, so a
 broken suite fails in CI within seconds. The committed result files built from the suites are
 checked for portability (no machine paths) and provenance here as well, and so is the tool that
-produces the committed mteb side-by-side (``lit_nomic.evaluation.mteb_compare``).
+produces the committed mteb side-by-side (``scripts/mteb_compare.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from beir_writer import write_beir
+from lexical_encoder import HashingEncoder
 
 from lit_nomic.evaluation.beir import load_beir
-from lit_nomic.evaluation.bitext import load_tatoeba, tatoeba_languages
-from lit_nomic.evaluation.lexical import HashingEncoder
-from lit_nomic.evaluation.miracl import is_miracl_language_folder, load_miracl, miracl_languages
+from lit_nomic.evaluation.multilingual import (
+    XQUAD_R_LANGUAGES,
+    is_miracl_language_folder,
+    load_miracl,
+    miracl_languages,
+    xquad_r_languages,
+    xquad_r_tasks,
+)
+from lit_nomic.evaluation.pairs import load_stsb_multi_mt, load_tatoeba, stsb_languages, tatoeba_languages
 from lit_nomic.evaluation.results import load_results
 from lit_nomic.evaluation.retrieval_data import subsample
 from lit_nomic.evaluation.run import DATA_ROOT_MARK, portable_source
-from lit_nomic.evaluation.sts import load_stsb_multi_mt, stsb_languages
 from lit_nomic.evaluation.suites import PAPER_SUITES, TaskSpec, resolve_data
-from lit_nomic.evaluation.xquad_r import XQUAD_R_LANGUAGES, available_languages, xquad_r_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper-scale suites (beir-paper, miracl-dev) need data the shared root does not hold; their
@@ -104,7 +111,7 @@ def test_baseline_suite_covers_all_shared_eval_data(shared_data: Path) -> None:
     assert specs["scifact"].kind == "beir" and specs["scifact"].split == "test"
     assert specs["scifact"].options == {}  # the full task, never a subsample, in the baseline
     xq = specs["xquad_r"]
-    assert xq.languages is None and available_languages(xq.path) == list(XQUAD_R_LANGUAGES)
+    assert xq.languages is None and xquad_r_languages(xq.path) == list(XQUAD_R_LANGUAGES)
     assert _load_entry(xq) == 11 + 10  # monolingual for all 11, X -> en for the other 10
     assert specs["stsb_multi_mt"].languages is None and _load_entry(specs["stsb_multi_mt"]) == 11
     # Tatoeba: exactly the non-English XQuAD-R and STS languages that Tatoeba has
@@ -175,9 +182,19 @@ class _CountingEncoder(HashingEncoder):
         return super().encode(texts, prefix, batch_size, show_progress)
 
 
+def _load_mteb_compare() -> ModuleType:
+    """``scripts/mteb_compare.py``, a one-off script outside the package, loaded by its path."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "mteb_compare.py"
+    spec = importlib.util.spec_from_file_location("mteb_compare", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_mteb_compare_side_by_side(tmp_path: Path, scifact_dir: Path) -> None:
     pytest.importorskip("mteb")
-    from lit_nomic.evaluation import mteb_compare as mc
+    mc = _load_mteb_compare()
 
     sub = subsample(load_beir(scifact_dir), 150, max_queries=25, seed=2)
     folder = write_beir(sub, tmp_path / "scifact_sub")
@@ -202,22 +219,21 @@ def test_mteb_compare_side_by_side(tmp_path: Path, scifact_dir: Path) -> None:
     assert enc.encoded == 175 and second["encoding"]["texts_encoded_by_ours"] == 0
     assert second["main"]["ours"] == main["ours"]
 
-    paths = mc.write_summary(first, tmp_path / "out", command="python -m lit_nomic.evaluation.mteb_compare x")
+    paths = mc.write_summary(first, tmp_path / "out", command="python scripts/mteb_compare.py x")
     assert {p.name for p in paths.values()} == {"scifact_ours_vs_mteb.json", "scifact_ours_vs_mteb.md"}
     stored = json.loads(paths["json"].read_text(encoding="utf-8"))
-    assert stored["main"] == main and stored["command"].endswith("mteb_compare x")
+    assert stored["main"] == main and stored["command"].endswith("mteb_compare.py x")
     md = paths["markdown"].read_text(encoding="utf-8")
     assert f"| **ndcg@10** | {100 * main['ours']:.3f} | {100 * main['mteb']:.3f} |" in md
-    assert "within 0.1 point: yes" in md and "Regenerate: `python -m" in md
+    assert "within 0.1 point: yes" in md and "Regenerate: `python scripts/mteb_compare.py x`" in md
     kept = list((tmp_path / "mteb").glob("results/*/*/SciFact.json"))  # only where asked for
     assert len(kept) == 1 and not list((tmp_path / "out").glob("**/SciFact.json"))
     assert json.loads(kept[0].read_text())["scores"]["test"][0]["ndcg_at_10"] == second["main"]["mteb"]
 
 
 def test_mteb_compare_command_line_hides_home() -> None:
-    from lit_nomic.evaluation.mteb_compare import PROG, _command_line
-
+    mc = _load_mteb_compare()
     home = str(Path.home())
-    line = _command_line(["--model", "m", "--cache_dir", f"{home}/.cache/emb"])
-    assert line == f"{PROG} --model m --cache_dir '~/.cache/emb'"
+    line = mc._command_line(["--model", "m", "--cache_dir", f"{home}/.cache/emb"])
+    assert line == f"{mc.PROG} --model m --cache_dir '~/.cache/emb'"
     assert home not in line

@@ -1,21 +1,9 @@
-"""Line-numbered text and JSONL reading for the evaluation loaders, and the atomic writers.
+"""Old import path of the JSONL/text readers, kept only for ``lit_nomic/cli.py`` (owned elsewhere).
 
-Both live elsewhere and are re-exported here: the readers in :mod:`lit_nomic.data.formats` (the one
-reader layer training, evaluation and curation share; every error names the file and line) and the
-writers in :mod:`lit_nomic.fileio`.
+Delete this file once ``lit_nomic/cli.py`` reads
+``from lit_nomic.data.formats import field_str, iter_jsonl, iter_lines`` (issue 14).
 """
 
-from __future__ import annotations
+from lit_nomic.data.formats import field_str, iter_jsonl, iter_lines
 
-from lit_nomic.data.formats import field_str, iter_jsonl, iter_lines, read_text
-from lit_nomic.fileio import atomic_write, atomic_write_json, atomic_write_text
-
-__all__ = [
-    "atomic_write",
-    "atomic_write_json",
-    "atomic_write_text",
-    "field_str",
-    "iter_jsonl",
-    "iter_lines",
-    "read_text",
-]
+__all__ = ["field_str", "iter_jsonl", "iter_lines"]

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from lit_nomic.evaluation.beir import load_beir
-from lit_nomic.evaluation.bitext import load_tatoeba
-from lit_nomic.evaluation.protocol import TextEncoder, encoder_fingerprint
-from lit_nomic.evaluation.sts import load_stsb_multi_mt
+from lit_nomic.evaluation.encoders import TextEncoder, encoder_fingerprint
+from lit_nomic.evaluation.pairs import load_stsb_multi_mt, load_tatoeba
 
 try:
     import mteb

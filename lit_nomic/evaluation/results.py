@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import lit_nomic
-from lit_nomic.evaluation.files import atomic_write_json, read_text
+from lit_nomic.data.formats import read_text
+from lit_nomic.fileio import atomic_write_json
 
 # 2: max_length, settings, result_id (in the file name) and per_query; version-1 files still load
 SCHEMA_VERSION = 2

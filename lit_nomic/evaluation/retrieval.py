@@ -15,10 +15,8 @@ from typing import Literal
 
 import torch
 
-from lit_nomic.evaluation.cache import EmbeddingCache, encode_texts
-from lit_nomic.evaluation.embeddings import truncate_normalize
+from lit_nomic.evaluation.encoders import EmbeddingCache, TextEncoder, encode_texts, truncate_normalize
 from lit_nomic.evaluation.metrics import DEFAULT_METRICS, RunEvaluation, evaluate_run
-from lit_nomic.evaluation.protocol import TextEncoder
 from lit_nomic.evaluation.retrieval_data import RetrievalDataset
 
 SearchBackend = Literal["torch", "faiss"]

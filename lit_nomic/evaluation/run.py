@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,16 +26,31 @@ from typing import Any
 import torch
 
 from lit_nomic.evaluation.beir import beir_subsets, is_beir_folder, load_beir
-from lit_nomic.evaluation.bitext import evaluate_bitext, load_tatoeba, tatoeba_languages
-from lit_nomic.evaluation.cache import EmbeddingCache
-from lit_nomic.evaluation.miracl import is_miracl_language_folder, load_miracl, miracl_languages
-from lit_nomic.evaluation.protocol import TextEncoder, encoder_fingerprint, encoder_max_length, task_prefix
+from lit_nomic.evaluation.encoders import (
+    EmbeddingCache,
+    TextEncoder,
+    encoder_fingerprint,
+    encoder_max_length,
+    task_prefix,
+)
+from lit_nomic.evaluation.multilingual import (
+    is_miracl_language_folder,
+    load_miracl,
+    miracl_languages,
+    xquad_r_tasks,
+)
+from lit_nomic.evaluation.pairs import (
+    evaluate_bitext,
+    evaluate_sts,
+    load_stsb_multi_mt,
+    load_tatoeba,
+    stsb_languages,
+    tatoeba_languages,
+)
 from lit_nomic.evaluation.results import build_result, write_result
 from lit_nomic.evaluation.retrieval import SearchBackend, SearchConfig, evaluate_retrieval
 from lit_nomic.evaluation.retrieval_data import RetrievalDataset, subsample
-from lit_nomic.evaluation.sts import evaluate_sts, load_stsb_multi_mt, stsb_languages
 from lit_nomic.evaluation.suites import TaskSpec, resolve_data
-from lit_nomic.evaluation.xquad_r import xquad_r_tasks
 from lit_nomic.paths import data_root as default_data_root
 
 log = logging.getLogger(__name__)
@@ -146,9 +161,9 @@ def _place(
 
 def evaluate(
     encoder: TextEncoder,
-    data: str | os.PathLike,
+    data: str | os.PathLike | RetrievalDataset,
     split: str = "test",
-    output_dir: str | os.PathLike = "runs/eval",
+    output_dir: str | os.PathLike | None = "runs/eval",
     matryoshka_dim: int | None = None,
     query_prefix: str | None = None,
     document_prefix: str | None = None,
@@ -162,18 +177,26 @@ def evaluate(
     show_progress: bool = False,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate ``encoder`` on ``data`` and write one JSON per result under ``output_dir``.
 
     ``data`` is a named suite (``scifact``, ``xquad_r``, ``stsb_multi_mt``, ``tatoeba``), a dataset
-    folder whose layout is auto-detected (BEIR, MIRACL, XQuAD-R, STS, Tatoeba) or a YAML file
-    listing several. Prefixes default to the encoder's; STS and bitext use ``encoder.prompts``
-    (mteb-style, e.g. ``{"STS": "classification: "}``) or no prefix.
+    folder whose layout is auto-detected (BEIR, MIRACL, XQuAD-R, STS, Tatoeba), a YAML file
+    listing several, or an already loaded :class:`RetrievalDataset` (``split``, ``languages`` and
+    ``data_root`` then only serve the recorded source path). Prefixes default to the encoder's; STS
+    and bitext use ``encoder.prompts`` (mteb-style, e.g. ``{"STS": "classification: "}``) or no prefix.
 
     ``device`` / ``dtype`` (``float32``, ``bfloat16``, ``float16``) move and cast a torch encoder
     in place before encoding (the module docstring says how precision enters the result identity).
+    ``output_dir=None`` writes nothing (the records are only returned); ``extra`` is added to every
+    record's ``extra`` (e.g. the training step of a probe).
+
+    A probe subset (:func:`~lit_nomic.evaluation.retrieval_data.probe_subset`, the in-training
+    ``RetrievalEval``) is recorded as that callback always recorded it: its ``settings`` hold the
+    subset alone (no search settings, no precision) and its ``extra`` no dtype/device.
     """
-    specs = resolve_data(data, split, languages, data_root)
+    specs = [] if isinstance(data, RetrievalDataset) else resolve_data(data, split, languages, data_root)
     root = default_data_root(data_root)
     cache = EmbeddingCache(cache_dir)
     model_hash = encoder_fingerprint(encoder)  # the weights as given: a cast changes no provenance
@@ -186,9 +209,13 @@ def evaluate(
     q_prefix = encoder.query_prefix if query_prefix is None else query_prefix
     d_prefix = encoder.document_prefix if document_prefix is None else document_prefix
     search_config = SearchConfig(top_k=top_k, backend=search_backend)
+    caller_extra = dict(extra or {})
     results: list[dict[str, Any]] = []
 
     def emit(result: dict[str, Any]) -> None:
+        if output_dir is None:
+            results.append(result)
+            return
         path = write_result(output_dir, result)
         log.info(
             "%s %s/%s %s = %.4f -> %s",
@@ -201,64 +228,74 @@ def evaluate(
         )
         results.append({**result, "_path": str(path)})
 
+    def score_retrieval(ds: RetrievalDataset, doc_prefix: str, source: str | os.PathLike) -> None:
+        t0 = time.perf_counter()
+        out = evaluate_retrieval(
+            encoder,
+            ds,
+            query_prefix=q_prefix,
+            document_prefix=doc_prefix,
+            batch_size=batch_size,
+            matryoshka_dim=matryoshka_dim,
+            search_config=search_config,
+            cache=cache,
+            model_hash=cache_hash,
+            show_progress=show_progress,
+        )
+        record_extra = {"source": portable_source(source, root), **caller_extra, **ds.extra}
+        if "probe" in ds.extra:
+            settings: dict[str, Any] = {"probe": ds.extra["probe"]}
+        else:
+            settings = {
+                "search_backend": search_backend,
+                "top_k": top_k,
+                "ignore_identical_ids": ds.ignore_identical_ids,
+                **precision,
+            }
+            if "subsample" in ds.extra:
+                settings["subsample"] = ds.extra["subsample"]
+            record_extra.update(placed)
+        excluded = list(ds.queries_without_positive)
+        if excluded:
+            print(
+                f"note: {ds.name}/{ds.split}{'/' + ds.language if ds.language else ''}: "
+                f"{len(excluded)} judged "
+                f"quer{'y' if len(excluded) == 1 else 'ies'} without a relevant document (all "
+                f"qrels 0) excluded from the evaluation (first: {excluded[0]!r}); "
+                f"{out.counts['num_evaluated_queries']} evaluated",
+                file=sys.stderr,
+            )
+        emit(
+            build_result(
+                model_name=encoder.name,
+                model_hash=model_hash,
+                dataset=ds.name,
+                task_type="retrieval",
+                split=ds.split,
+                language=ds.language,
+                metrics=out.metrics,
+                query_prefix=q_prefix,
+                document_prefix=doc_prefix,
+                matryoshka_dim=matryoshka_dim,
+                max_length=max_length,
+                settings=settings,
+                per_query=out.evaluation.per_query,
+                excluded_queries={"no_positive_qrels": excluded} if excluded else None,
+                eval_time_s=time.perf_counter() - t0,
+                counts=out.counts,
+                timings=out.timings,
+                extra=record_extra,
+            )
+        )
+
+    if isinstance(data, RetrievalDataset):
+        score_retrieval(data, d_prefix, data.source)
     for spec in specs:
         if spec.kind in ("beir", "miracl", "xquad_r"):
             # Quora-style symmetric retrieval: documents are questions too, embedded like the queries
             spec_d_prefix = q_prefix if spec.options.get("doc_as_query") else d_prefix
             for ds in _retrieval_datasets(spec):
-                t0 = time.perf_counter()
-                out = evaluate_retrieval(
-                    encoder,
-                    ds,
-                    query_prefix=q_prefix,
-                    document_prefix=spec_d_prefix,
-                    batch_size=batch_size,
-                    matryoshka_dim=matryoshka_dim,
-                    search_config=search_config,
-                    cache=cache,
-                    model_hash=cache_hash,
-                    show_progress=show_progress,
-                )
-                settings: dict[str, Any] = {
-                    "search_backend": search_backend,
-                    "top_k": top_k,
-                    "ignore_identical_ids": ds.ignore_identical_ids,
-                    **precision,
-                }
-                if "subsample" in ds.extra:
-                    settings["subsample"] = ds.extra["subsample"]
-                excluded = list(ds.queries_without_positive)
-                if excluded:
-                    print(
-                        f"note: {ds.name}/{ds.split}{'/' + ds.language if ds.language else ''}: "
-                        f"{len(excluded)} judged "
-                        f"quer{'y' if len(excluded) == 1 else 'ies'} without a relevant document (all "
-                        f"qrels 0) excluded from the evaluation (first: {excluded[0]!r}); "
-                        f"{out.counts['num_evaluated_queries']} evaluated",
-                        file=sys.stderr,
-                    )
-                emit(
-                    build_result(
-                        model_name=encoder.name,
-                        model_hash=model_hash,
-                        dataset=ds.name,
-                        task_type="retrieval",
-                        split=ds.split,
-                        language=ds.language,
-                        metrics=out.metrics,
-                        query_prefix=q_prefix,
-                        document_prefix=spec_d_prefix,
-                        matryoshka_dim=matryoshka_dim,
-                        max_length=max_length,
-                        settings=settings,
-                        per_query=out.evaluation.per_query,
-                        excluded_queries={"no_positive_qrels": excluded} if excluded else None,
-                        eval_time_s=time.perf_counter() - t0,
-                        counts=out.counts,
-                        timings=out.timings,
-                        extra={"source": portable_source(ds.source or spec.path, root), **ds.extra, **placed},
-                    )
-                )
+                score_retrieval(ds, spec_d_prefix, ds.source or spec.path)
         elif spec.kind in ("sts", "bitext"):
             sts = spec.kind == "sts"
             prefix = task_prefix(encoder, "STS" if sts else "BitextMining")
@@ -269,12 +306,12 @@ def evaluate(
                     pairs = load_stsb_multi_mt(spec.path, lang, spec.split)
                     score = evaluate_sts
                     where = dict(split=spec.split, language=lang)
-                    extra = {"source": portable_source(pairs.source, root)}
+                    extra_src, extra_more = portable_source(pairs.source, root), {}
                 else:
                     pairs = load_tatoeba(spec.path, lang)
                     score = evaluate_bitext
                     where = dict(split="test", language=pairs.pair)
-                    extra = {"source": portable_source(pairs.path, root), "direction": f"{lang}->eng"}
+                    extra_src, extra_more = portable_source(pairs.path, root), {"direction": f"{lang}->eng"}
                 metrics, counts, timings = score(
                     encoder,
                     pairs,
@@ -298,7 +335,7 @@ def evaluate(
                         eval_time_s=time.perf_counter() - t0,
                         counts=counts,
                         timings=timings,
-                        extra={**extra, **placed},
+                        extra={"source": extra_src, **caller_extra, **extra_more, **placed},
                         **where,
                     )
                 )

@@ -320,7 +320,7 @@ def to_csv(table: SweepTable, command: str) -> str:
 
 
 def to_latex(table: SweepTable, command: str) -> str:
-    from lit_nomic.evaluation.tables import latex_escape
+    from lit_nomic.evaluation.report import latex_escape
 
     header, body = table_rows(table)
     lines = [f"% regenerate: {command}", r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule"]
@@ -346,7 +346,7 @@ def plot(table: SweepTable, path: Path) -> Path | None:
     """One panel per column: bars = mean over seeds, error bars = sample std, n under each bar."""
     if not table.rows or not table.columns:
         return None
-    from lit_nomic.evaluation.plots import plt, save_figure
+    from lit_nomic.evaluation.report import plt, save_figure
 
     cols = table.columns
     fig, axes = plt.subplots(

@@ -21,16 +21,18 @@ from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgre
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_nomic.evaluation.beir import load_beir
-from lit_nomic.evaluation.results import build_result, write_result
-from lit_nomic.evaluation.retrieval import evaluate_retrieval
-from lit_nomic.evaluation.retrieval_data import RetrievalDataset, probe_subset
-from lit_nomic.evaluation.run import evaluate, format_table, portable_source
-from lit_nomic.evaluation.suites import TaskSpec, resolve_data
+from lit_nomic.evaluation import (
+    RetrievalDataset,
+    TaskSpec,
+    evaluate,
+    format_table,
+    load_beir,
+    probe_subset,
+    resolve_data,
+)
 from lit_nomic.fileio import atomic_write_text
 from lit_nomic.model.embedder import Embedder
 from lit_nomic.model.encoder import Encoder
-from lit_nomic.paths import data_root
 from lit_nomic.training.parallel import full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,9 @@ class RetrievalEval(L.Callback):
     Like NanoBEIR, ``max_queries``/``max_corpus`` make a cheap in-training probe (:func:`probe_subset`).
     At fit end the same set (the full one unless limited) is evaluated once more and written to
     ``output_dir``: one result JSON per dataset/split (the evaluation package's schema) and a Markdown
-    table. Without limits the fit-end evaluation goes through :func:`lit_nomic.evaluation.evaluate`,
-    so ``data`` may then be any suite it accepts; probes need a BEIR folder.
+    table. Every evaluation goes through :func:`lit_nomic.evaluation.evaluate`: without limits the
+    fit-end one by name, so ``data`` may then be any suite it accepts; probes (the subset, loaded once)
+    need a BEIR folder.
 
     Args:
         data: a named suite (``scifact``) or a dataset folder, as given or under the data root.
@@ -223,11 +226,15 @@ class RetrievalEval(L.Callback):
                     batch_size=self.batch_size,
                     data_root=self.data_root,
                 )
-            else:
-                results = [self._probe(embedder, trainer.global_step)]
-                if write:
-                    path = write_result(out_dir, results[0])  # type: ignore[arg-type]
-                    results[0] = {**results[0], "_path": str(path)}
+            else:  # a probe: the subset loaded once, the step recorded with the result
+                results = evaluate(
+                    embedder,
+                    self.dataset(),
+                    output_dir=str(out_dir) if write else None,
+                    batch_size=self.batch_size,
+                    data_root=self.data_root,
+                    extra={"global_step": trainer.global_step},
+                )
         finally:
             embedder.train(was_training)
         self.last_results = results
@@ -245,34 +252,6 @@ class RetrievalEval(L.Callback):
         summary = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         rank_zero_info(
             f"[{self.data} {self.split}] step {trainer.global_step}: {summary} ({time.perf_counter() - start:.1f}s)"
-        )
-
-    def _probe(self, embedder: Embedder, step: int) -> dict[str, Any]:
-        dataset = self.dataset()
-        start = time.perf_counter()
-        out = evaluate_retrieval(embedder, dataset, batch_size=self.batch_size)
-        return build_result(
-            model_name=embedder.name,
-            model_hash=embedder.model_hash,
-            dataset=dataset.name,
-            task_type="retrieval",
-            split=dataset.split,
-            language=dataset.language,
-            metrics=out.metrics,
-            query_prefix=embedder.query_prefix,
-            document_prefix=embedder.document_prefix,
-            max_length=embedder.max_seq_length,
-            # the probe's subset is a setting that changes the score: it is part of the result's identity
-            settings={"probe": dataset.extra["probe"]} if "probe" in dataset.extra else None,
-            per_query=out.evaluation.per_query,
-            eval_time_s=time.perf_counter() - start,
-            counts=out.counts,
-            timings=out.timings,
-            extra={
-                "source": portable_source(dataset.source, data_root(self.data_root)),
-                "global_step": step,
-                **dataset.extra,
-            },
         )
 
     def _write_table(self, results: list[dict[str, Any]], step: int, out_dir: Path) -> Path:

@@ -2,7 +2,7 @@
 
 A number in our tables is only comparable with the MTEB leaderboard if our pipeline (text
 construction, exact search, trec_eval scoring) reproduces mteb's on identical embeddings. This
-module runs both on one model and writes a small Markdown + JSON summary with the per-metric
+script runs both on one model and writes a small Markdown + JSON summary with the per-metric
 difference and whether nDCG@10 agrees within 0.1 point.
 
 Both pipelines read vectors through one :class:`MemoizingEncoder`, so the model is encoded at most
@@ -11,7 +11,7 @@ any remaining difference comes from the pipelines, not from encoding twice. A te
 differently from us is a memo miss, gets encoded afresh and is counted in the summary. mteb's own
 result folders go to a temporary directory unless ``mteb_output`` asks to keep them.
 
-    python -m lit_nomic.evaluation.mteb_compare --model all-minilm-l6-v2 --output results/mteb_scifact
+    python scripts/mteb_compare.py --model all-minilm-l6-v2 --output results/mteb_scifact
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from lit_nomic.evaluation.beir import load_beir
-from lit_nomic.evaluation.cache import EmbeddingCache, encode_texts
-from lit_nomic.evaluation.files import atomic_write_json, atomic_write_text
-from lit_nomic.evaluation.memo_encoder import MemoizingEncoder
+from lit_nomic.evaluation.encoders import EmbeddingCache, MemoizingEncoder, TextEncoder, encode_texts
 from lit_nomic.evaluation.metrics import to_mteb_key
-from lit_nomic.evaluation.protocol import TextEncoder
 from lit_nomic.evaluation.results import git_commit, library_versions
 from lit_nomic.evaluation.retrieval import evaluate_retrieval
 from lit_nomic.evaluation.retrieval_data import RetrievalDataset
 from lit_nomic.evaluation.run import portable_source
+from lit_nomic.fileio import atomic_write_json, atomic_write_text
 from lit_nomic.paths import data_root as default_data_root
 from lit_nomic.paths import resolve_dataset
 
@@ -53,7 +51,7 @@ COMPARED_METRICS: tuple[str, ...] = (
 )
 # 0.1 point on the x100 scale of our tables; mteb rounds its stored scores to 5 decimals
 TOLERANCE = 0.001
-PROG = "python -m lit_nomic.evaluation.mteb_compare"
+PROG = "python scripts/mteb_compare.py"
 
 
 def _prime_memo(

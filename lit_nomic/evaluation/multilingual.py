@@ -1,9 +1,20 @@
-"""XQuAD-R (LAReQA) turned into retrieval tasks: question -> paragraph, per language and cross-lingual.
+"""Multilingual retrieval sets: MIRACL and XQuAD-R, each read into :class:`RetrievalDataset` s.
 
-The source is SQuAD-v1.1 JSON per language (``<lang>.json``) with ``sentences``/``sentence_breaks``
-added to every paragraph. The 11 files are parallel: same article titles, same paragraph order and
-the same question ids per paragraph, which this module verifies rather than assumes, because a
-single misaligned paragraph would make every cross-lingual judgment wrong.
+**MIRACL**: per-language folders with TREC topics/qrels and a JSONL corpus. Accepted layout per
+language folder (the compact names first, then the official release names):
+
+* topics: ``topics.<split>.tsv`` or ``topics/topics.miracl-v1.0-<lang>-<split>.tsv`` — ``qid<TAB>query``
+* qrels:  ``qrels.<split>.tsv``  or ``qrels/qrels.miracl-v1.0-<lang>-<split>.tsv`` — ``qid Q0 docid rel``
+* corpus: ``corpus.jsonl[.gz]`` or ``corpus/*.jsonl[.gz]`` — objects with ``docid`` (or ``_id``),
+  ``title``, ``text``
+
+A MIRACL root holds one such folder per language, named by its ISO code.
+
+**XQuAD-R** (LAReQA), turned into retrieval tasks: question -> paragraph, per language and
+cross-lingual. The source is SQuAD-v1.1 JSON per language (``<lang>.json``) with
+``sentences``/``sentence_breaks`` added to every paragraph. The 11 files are parallel: same article
+titles, same paragraph order and the same question ids per paragraph, which is verified rather than
+assumed, because a single misaligned paragraph would make every cross-lingual judgment wrong.
 
 * monolingual task ``xquad_r`` / language ``de``: German questions, German paragraphs;
 * cross-lingual task ``xquad_r_cross`` / language ``de-en``: German questions, English paragraphs
@@ -21,9 +32,157 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lit_nomic.evaluation.files import read_text
+from lit_nomic.data.formats import field_str, iter_jsonl, iter_lines, read_text
 from lit_nomic.evaluation.retrieval_data import Document, RetrievalDataset
 
+
+# -------------------- MIRACL
+def _first_existing(candidates: list[Path], what: str, folder: Path) -> Path:
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"{folder}: no {what}; looked for {[str(c.relative_to(folder)) for c in candidates]}"
+    )
+
+
+def topics_path(folder: Path, split: str) -> Path:
+    lang = folder.name
+    return _first_existing(
+        [
+            folder / f"topics.{split}.tsv",
+            folder / "topics" / f"topics.miracl-v1.0-{lang}-{split}.tsv",
+        ],
+        f"topics for split {split!r}",
+        folder,
+    )
+
+
+def qrels_path(folder: Path, split: str) -> Path:
+    lang = folder.name
+    return _first_existing(
+        [
+            folder / f"qrels.{split}.tsv",
+            folder / "qrels" / f"qrels.miracl-v1.0-{lang}-{split}.tsv",
+        ],
+        f"qrels for split {split!r}",
+        folder,
+    )
+
+
+def corpus_files(folder: Path) -> list[Path]:
+    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+        if (folder / name).is_file():
+            return [folder / name]
+    if (folder / "corpus").is_dir():
+        files = sorted([*(folder / "corpus").glob("*.jsonl"), *(folder / "corpus").glob("*.jsonl.gz")])
+        if files:
+            return files
+    raise FileNotFoundError(f"{folder}: no corpus.jsonl, corpus.jsonl.gz or corpus/*.jsonl[.gz]")
+
+
+def is_miracl_language_folder(path: Path) -> bool:
+    has_topics = any(path.glob("topics.*.tsv")) or (path / "topics").is_dir()
+    has_qrels = any(path.glob("qrels.*.tsv")) or (path / "qrels").is_dir()
+    try:
+        corpus_files(path)
+    except FileNotFoundError:
+        return False
+    return has_topics and has_qrels and not (path / "queries.jsonl").exists()
+
+
+def miracl_languages(root: str | os.PathLike) -> list[str]:
+    base = Path(root)
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and is_miracl_language_folder(p))
+
+
+def load_topics(path: Path) -> dict[str, str]:
+    topics: dict[str, str] = {}
+    for lineno, line in iter_lines(path):
+        line = line.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{lineno}: expected 'qid<TAB>query', got {len(parts)} fields")
+        qid, text = parts[0].strip(), parts[1]
+        if qid in topics:
+            raise ValueError(f"{path}:{lineno}: duplicate query id {qid!r}")
+        topics[qid] = text
+    return topics
+
+
+def load_trec_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 4:
+            raise ValueError(f"{path}:{lineno}: expected 'qid Q0 docid rel', got {len(parts)} fields")
+        qid, _, doc_id, raw = parts
+        try:
+            rel = int(raw)
+        except ValueError:
+            raise ValueError(
+                f"{path}:{lineno}: relevance {raw!r} of query {qid!r}, doc {doc_id!r} is not an integer"
+            ) from None
+        prev = qrels.get(qid, {}).get(doc_id)
+        if prev is not None and prev != rel:
+            raise ValueError(f"{path}:{lineno}: query {qid!r}, doc {doc_id!r} judged both {prev} and {rel}")
+        qrels.setdefault(qid, {})[doc_id] = rel
+    return qrels
+
+
+def load_miracl_corpus(files: list[Path]) -> dict[str, Document]:
+    corpus: dict[str, Document] = {}
+    origin: dict[str, str] = {}
+    for path in files:
+        for lineno, obj in iter_jsonl(path):
+            key = "docid" if "docid" in obj else "_id"
+            doc_id = field_str(obj, key, path, lineno)
+            if doc_id in corpus:
+                raise ValueError(
+                    f"{path}:{lineno}: duplicate document id {doc_id!r} (first at {origin[doc_id]})"
+                )
+            corpus[doc_id] = Document(
+                id=doc_id,
+                title=field_str(obj, "title", path, lineno, required=False),
+                text=field_str(obj, "text", path, lineno),
+            )
+            origin[doc_id] = f"{path}:{lineno}"
+    if not corpus:
+        raise ValueError(f"empty corpus in {[str(f) for f in files]}")
+    return corpus
+
+
+def load_miracl(folder: str | os.PathLike, split: str = "dev", *, name: str = "miracl") -> RetrievalDataset:
+    """One language of MIRACL; the folder name is the language code."""
+    path = Path(folder)
+    t_path, q_path = topics_path(path, split), qrels_path(path, split)
+    topics = load_topics(t_path)
+    qrels = load_trec_qrels(q_path)
+    corpus = load_miracl_corpus(corpus_files(path))
+    for qid, docs in qrels.items():
+        if qid not in topics:
+            raise ValueError(f"{q_path}: query id {qid!r} is not in {t_path.name}")
+        for doc_id in docs:
+            if doc_id not in corpus:
+                raise ValueError(f"{q_path}: doc id {doc_id!r} (query {qid!r}) is not in the corpus")
+    if not qrels:
+        raise ValueError(f"{q_path}: no judgments")
+    return RetrievalDataset(
+        name=name,
+        split=split,
+        corpus=corpus,
+        queries={q: t for q, t in topics.items() if q in qrels},
+        qrels=qrels,
+        language=path.name,
+        source=str(path),
+    )
+
+
+# -------------------- XQuAD-R
 XQUAD_R_LANGUAGES: tuple[str, ...] = ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh")
 Granularity = Literal["paragraph", "sentence"]
 
@@ -57,11 +216,11 @@ def is_xquad_r_folder(path: Path) -> bool:
     return all((path / f"{lang}.json").is_file() for lang in ("en", "de"))
 
 
-def available_languages(root: str | os.PathLike) -> list[str]:
+def xquad_r_languages(root: str | os.PathLike) -> list[str]:
     return [lang for lang in XQUAD_R_LANGUAGES if (Path(root) / f"{lang}.json").is_file()]
 
 
-def load_language(root: str | os.PathLike, language: str) -> XQuADRLanguage:
+def load_xquad_r_language(root: str | os.PathLike, language: str) -> XQuADRLanguage:
     path = Path(root) / f"{language}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no XQuAD-R file for language {language!r}")
@@ -132,7 +291,7 @@ def _sentence_of(para: Paragraph, answer_start: int) -> int:
     return len(para.sentence_breaks) - 1
 
 
-def build_task(
+def build_xquad_r_task(
     questions: XQuADRLanguage,
     passages: XQuADRLanguage,
     *,
@@ -181,21 +340,23 @@ def xquad_r_tasks(
     granularity: Granularity = "paragraph",
 ) -> list[RetrievalDataset]:
     """Monolingual tasks for each language plus ``X -> target`` for each other language."""
-    available = available_languages(root)
+    available = xquad_r_languages(root)
     langs = list(languages) if languages is not None else available
     unknown = [lang for lang in langs if lang not in available]
     if unknown:
         raise ValueError(f"XQuAD-R languages {unknown} not found under {root}; available: {available}")
-    loaded = {lang: load_language(root, lang) for lang in langs}
+    loaded = {lang: load_xquad_r_language(root, lang) for lang in langs}
     tasks: list[RetrievalDataset] = []
     if monolingual:
-        tasks.extend(build_task(loaded[lang], loaded[lang], granularity=granularity) for lang in langs)
+        tasks.extend(
+            build_xquad_r_task(loaded[lang], loaded[lang], granularity=granularity) for lang in langs
+        )
     if cross_lingual_target is not None:
         if cross_lingual_target not in loaded:
-            loaded[cross_lingual_target] = load_language(root, cross_lingual_target)
+            loaded[cross_lingual_target] = load_xquad_r_language(root, cross_lingual_target)
         target = loaded[cross_lingual_target]
         tasks.extend(
-            build_task(loaded[lang], target, granularity=granularity)
+            build_xquad_r_task(loaded[lang], target, granularity=granularity)
             for lang in langs
             if lang != cross_lingual_target
         )
