@@ -203,3 +203,19 @@ def test_a_failed_run_is_reported_with_its_log_and_the_others_go_on(tmp_path: Pa
     proc = sweep_cli(tmp_path, "status", "sweep.yaml")
     out, _ = proc.communicate(timeout=300)
     assert f"failed      {bad.name}  lit-nomic fit exited with 2" in out, out
+
+
+@pytest.mark.parametrize("only", ["b", "a,b", "[b]"])
+def test_only_takes_names_or_groups_comma_separated_or_as_a_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], only: str
+) -> None:
+    from lit_nomic.sweeps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    make_sweep(tmp_path, steps=4)
+    args = ["run", "sweep.yaml", "--launcher", "slurm", "--dry_run", "true", "--only", only]
+    assert main(args) == 0
+    written = sorted(p.name.split("_s0_")[0] for p in (tmp_path / "runs").rglob("*.sbatch"))
+    assert written == (["b"] if only != "a,b" else ["a", "b"])
+    assert main(["run", "sweep.yaml", "--only", "c"]) == 2
+    assert "--only ['c']: no run of tiny has that name or group" in capsys.readouterr().err

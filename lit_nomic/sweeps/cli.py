@@ -56,7 +56,7 @@ def run(
     launcher: Literal["local", "slurm"] = "local",
     parallel: int = 1,
     profile: str | None = None,
-    only: list[str] | None = None,
+    only: list[str] | str | None = None,
     run_root: str | None = None,
     records: str | None = None,
     nodes: int | None = None,
@@ -79,7 +79,7 @@ def run(
         launcher: ``local`` (here) or ``slurm`` (one submitit job per run).
         parallel: local runs at a time (torch threads are split between them).
         profile: a named profile of the sweep file.
-        only: run names (or group names) to restrict to.
+        only: run names (or group names) to restrict to: ``--only a,b`` or ``--only '[a, b]'``.
         run_root: folder of the run folders (default ``runs/sweeps/<name>``).
         records: folder of the committed records (default ``results/sweeps/<name>``).
         nodes: SLURM nodes per run (default from the sweep's ``slurm:``, else 1).
@@ -97,6 +97,8 @@ def run(
 
     spec = _load(sweep, profile)
     paths = SweepPaths.default(spec, run_root, records)
+    if isinstance(only, str):
+        only = [name.strip() for name in only.split(",") if name.strip()]
     runs = [r for r in spec.runs() if not only or r.name in only or r.group in only]
     if only and not runs:
         raise ValueError(f"--only {only}: no run of {spec.name} has that name or group")
