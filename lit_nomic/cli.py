@@ -329,7 +329,7 @@ def _read_texts(path: Path, field: str) -> list[str]:
     error (an empty text has no meaningful embedding, and dropping it would shift every later row).
     ``.jsonl``: the ``field`` of each object. ``.gz``: either, compressed (``.gz`` alone is JSONL).
     """
-    from lit_nomic.evaluation.files import field_str, iter_jsonl, iter_lines
+    from lit_nomic.data.formats import field_str, iter_jsonl, iter_lines
 
     if not path.exists():
         raise SystemExit(f"lit-nomic encode: input file {path} does not exist")

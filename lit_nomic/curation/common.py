@@ -1,7 +1,7 @@
 """What filtering and mining share: encoding (in memory or into memory-mapped files), exact or IVF
 nearest-neighbour search, float64 re-scoring, settings fingerprints and work splitting.
 
-Encoding goes through the evaluation package's :func:`lit_nomic.evaluation.cache.encode_texts` (the
+Encoding goes through the evaluation package's :func:`lit_nomic.evaluation.encoders.encode_texts` (the
 encoder sorts texts by length and batches neighbours; ``show_progress`` draws the bar), and exact
 search through :func:`lit_nomic.evaluation.retrieval.search` (faiss ``IndexFlatIP`` or the chunked
 torch scan), so curation and evaluation rank with the same code.
@@ -146,7 +146,7 @@ def encode(
     ``in_memory_rows`` texts the rows are written block by block into ``path`` (atomically renamed
     when complete) and returned memory-mapped copy-on-write.
     """
-    from lit_nomic.evaluation.cache import encode_texts
+    from lit_nomic.evaluation.encoders import encode_texts
 
     prefix = cfg.query_prefix if role == "query" else cfg.document_prefix
     kwargs = dict(
@@ -265,7 +265,7 @@ def pair_scores(queries: np.ndarray, q_rows: np.ndarray, docs: np.ndarray, d_row
 
 
 def encoder_identity(encoder: Any, query_prefix: str, document_prefix: str) -> dict[str, Any]:
-    from lit_nomic.evaluation.protocol import encoder_fingerprint, encoder_max_length
+    from lit_nomic.evaluation.encoders import encoder_fingerprint, encoder_max_length
 
     return {
         "model": getattr(encoder, "name", type(encoder).__name__),
