@@ -273,10 +273,30 @@ def compare(
     return summary
 
 
-def _command_line(args: Sequence[str]) -> str:
-    """The invocation as recorded in the summary, with the home folder written as ``~``."""
-    home = str(Path.home())
-    portable = ["~" + a[len(home) :] if a == home or a.startswith(home + os.sep) else a for a in args]
+def _command_line(args: Sequence[str], cwd: str | os.PathLike | None = None) -> str:
+    """The invocation as recorded in the summary, portable to another machine.
+
+    The summary is committed under ``results/``, so it must not carry this machine's folders: a path
+    inside the working folder is written relative to it, one under the home folder as ``~/...``, and
+    any other absolute path as ``<option>`` (e.g. ``--cache_dir <cache_dir>``), a value the reader
+    chooses.
+    """
+    here = Path(cwd or os.getcwd()).resolve()
+    home = Path.home()
+    portable: list[str] = []
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        prefix = arg[: len(arg) - len(value)]
+        if os.path.isabs(value):
+            path = Path(value)
+            option = (prefix or (args[i - 1] if i else "")).lstrip("-").rstrip("=") or "path"
+            if path.is_relative_to(here):
+                value = str(path.relative_to(here)) or "."
+            elif path.is_relative_to(home):
+                value = "~" + value[len(str(home)) :]
+            else:
+                value = f"<{option}>"
+        portable.append(prefix + value)
     return f"{PROG} {shlex.join(portable)}"
 
 

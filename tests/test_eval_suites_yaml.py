@@ -231,9 +231,15 @@ def test_mteb_compare_side_by_side(tmp_path: Path, scifact_dir: Path) -> None:
     assert json.loads(kept[0].read_text())["scores"]["test"][0]["ndcg_at_10"] == second["main"]["mteb"]
 
 
-def test_mteb_compare_command_line_hides_home() -> None:
+def test_mteb_compare_command_line_hides_machine_paths(tmp_path: Path) -> None:
     mc = _load_mteb_compare()
     home = str(Path.home())
-    line = mc._command_line(["--model", "m", "--cache_dir", f"{home}/.cache/emb"])
+    line = mc._command_line(["--model", "m", "--cache_dir", f"{home}/.cache/emb"], cwd=tmp_path)
     assert line == f"{mc.PROG} --model m --cache_dir '~/.cache/emb'"
     assert home not in line
+    repo = tmp_path / "repo"
+    line = mc._command_line(
+        ["--output", str(repo / "results" / "x"), "--cache_dir=/tmp/elsewhere/cache", "--data", "/mnt/d"], cwd=repo
+    )
+    assert line == f"{mc.PROG} --output results/x '--cache_dir=<cache_dir>' --data '<data>'"
+    assert _ABSOLUTE.search(line) is None
