@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_nomic.paths import data_root
+from lit_nomic.data.paths import data_root
 
 # One intra-op thread: tests use tiny shapes where threading costs more than it gives, several tests
 # run two processes on the 2 CI cores, and results do not depend on the thread count.

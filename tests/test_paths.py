@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_nomic import paths
+from lit_nomic.data import paths
 
 
 def test_explicit_root_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -301,7 +301,7 @@ def export(
     if eval_docs >= 0:
         from lit_nomic.evaluation.beir import load_beir
         from lit_nomic.evaluation.retrieval_data import subsample
-        from lit_nomic.paths import resolve_dataset
+        from lit_nomic.data.paths import resolve_dataset
 
         dataset = load_beir(resolve_dataset(Path("beir") / "scifact", data_root), "test")
         if eval_docs > 0 or eval_queries is not None:

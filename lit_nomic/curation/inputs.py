@@ -24,7 +24,7 @@ _MIXTURE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _find(data: str, root: str | os.PathLike | None) -> Path | None:
-    from lit_nomic.paths import data_root
+    from lit_nomic.data.paths import data_root
 
     given = Path(data).expanduser()
     if given.exists():

@@ -30,7 +30,7 @@ from lit_nomic.data.records import (
     require_text,
 )
 from lit_nomic.data.shards import ShardReader
-from lit_nomic.paths import resolve_dataset
+from lit_nomic.data.paths import resolve_dataset
 
 __all__ = ["BeirPairs", "document_text", "read_qrels"]
 

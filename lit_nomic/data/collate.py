@@ -43,7 +43,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from lit_nomic.data.mixture import SourceSpec
 from lit_nomic.data.records import TrainingPair, stable_text_hash
 from lit_nomic.model.sources import packaged_model_path
-from lit_nomic.paths import data_root
+from lit_nomic.data.paths import data_root
 
 __all__ = ["TEACHER_SCORES_KEY", "PairCollator", "load_tokenizer", "resolve_tokenizer"]
 

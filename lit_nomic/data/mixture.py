@@ -234,7 +234,7 @@ _LANGUAGE_SUFFIXES = (".jsonl.gz", ".jsonl")
 
 def _language_entries(spec: SourceSpec, root: str | os.PathLike | None) -> dict[str, str]:
     """``{language: path}`` for the shards of a per-language folder, in language order."""
-    from lit_nomic.paths import data_root
+    from lit_nomic.data.paths import data_root
 
     given = Path(spec.path).expanduser()
     folder = given if given.is_absolute() or given.is_dir() else data_root(root) / spec.path

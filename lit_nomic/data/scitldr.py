@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lit_nomic.data.jsonl import IndexedJsonlPairs
 from lit_nomic.data.records import DataFormatError, OnError, PairRecord, require_text, require_text_list
-from lit_nomic.paths import resolve_dataset
+from lit_nomic.data.paths import resolve_dataset
 
 __all__ = ["SCITLDR_QUERY_FIELDS", "SciTldrExtractor", "SciTldrPairs"]
 

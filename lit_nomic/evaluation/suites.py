@@ -2,7 +2,7 @@
 
 Resolution happens before any encoding so that a typo in the fifth entry of a YAML suite fails in
 the first second, not after an hour of encoding the first four. A named dataset that is not under
-the data root is downloaded when it has a public source (``lit_nomic.paths.PUBLIC_DATASETS``);
+the data root is downloaded when it has a public source (``lit_nomic.data.paths.PUBLIC_DATASETS``);
 otherwise, or offline, resolution fails in one line naming the missing folder and what to fetch.
 
 Two named suites reproduce the tables of the Nomic Embed v2 paper (see :data:`PAPER_SUITES`; the
@@ -32,8 +32,8 @@ from lit_nomic.data.formats import read_text
 from lit_nomic.evaluation.beir import is_beir_collection, is_beir_folder
 from lit_nomic.evaluation.multilingual import is_miracl_language_folder, is_xquad_r_folder
 from lit_nomic.evaluation.pairs import is_stsb_folder, is_tatoeba_folder
-from lit_nomic.paths import data_root as default_data_root
-from lit_nomic.paths import fetch_hint, resolve_dataset
+from lit_nomic.data.paths import data_root as default_data_root
+from lit_nomic.data.paths import fetch_hint, resolve_dataset
 
 TaskKind = Literal["beir", "miracl", "xquad_r", "sts", "bitext"]
 

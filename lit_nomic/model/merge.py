@@ -193,7 +193,7 @@ def merge_experts(
 def _texts(path: str, field: str, limit: int) -> list[str]:
     """The first ``limit`` texts of a .txt/.jsonl(.gz) file, looked up as given or under the data root."""
     from lit_nomic.cli import _read_texts
-    from lit_nomic.paths import data_root
+    from lit_nomic.data.paths import data_root
 
     candidate = Path(path).expanduser()
     if not candidate.exists() and (data_root() / path).exists():
