@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,52 @@ def test_records_not_in_the_plan_are_listed_not_mixed_in(tmp_path: Path) -> None
     (stale / "run.json").write_text(json.dumps({"status": "finished", "config_hash": "0"}))
     table = aggregate.collect(spec, paths, spec.runs())
     assert [r.group for r in table.rows] == ["base"] and table.ignored == ["base_s0_000000"]
+
+
+def test_table_include_adds_another_sweeps_variant_compared_with_the_baseline(tmp_path: Path) -> None:
+    other_path = write_sweep(tmp_path, "seeds: [0, 1]\nvariants: {teacher: {trainer.max_steps: 7}, x: {}}\n")
+    other_path.rename(tmp_path / "other.yaml")
+    (tmp_path / "other.yaml").write_text(
+        "name: other\n" + (tmp_path / "other.yaml").read_text().split("\n", 1)[1]
+    )
+    path = tmp_path / "main.yaml"
+    path.write_text(
+        "name: main\nbase: base.yaml\nseeds: [0, 1]\nvariants: {base: {}}\nbaseline: base\n"
+        "table: {include: [{sweep: other.yaml, variant: teacher, label: moe-teacher}]}\n"
+    )
+    spec, other = load_sweep(path), load_sweep(tmp_path / "other.yaml")
+    paths = SweepPaths(tmp_path / "runs", tmp_path / "records" / "main")
+    other_paths = SweepPaths(tmp_path / "runs", tmp_path / "records" / "other")
+    queries = [f"q{i}" for i in range(40)]
+    rng = np.random.default_rng(1)
+    base = dict(zip(queries, rng.uniform(0.2, 0.6, 40), strict=True))
+    for run in spec.runs():
+        fake_record(paths, run, base, 0.5)
+    for run in other.runs():  # only the teacher's records are read; x's are not even present
+        if run.variant == "teacher":
+            fake_record(other_paths, run, {q: v + 0.2 for q, v in base.items()}, 0.6)
+    table = aggregate.collect(spec, paths, spec.runs())
+    rows = {r.group: r for r in table.rows}
+    assert list(rows) == ["base", "moe-teacher (other)"] and table.missing == []
+    teacher = rows["moe-teacher (other)"]
+    assert teacher.cells["toy"].n == 2 and teacher.cells["toy"].mean == pytest.approx(
+        np.mean(list(base.values())) + 0.2
+    )
+    assert teacher.comparisons["toy"].delta == pytest.approx(0.2) and teacher.comparisons["toy"].significant
+    md = aggregate.write_outputs(table, tmp_path / "out", "cmd")["markdown"].read_text()
+    assert "| moe-teacher (other) | 2 |" in md
+
+
+@pytest.mark.parametrize(
+    ("include", "message"),
+    [
+        ("[{sweep: nope.yaml, variant: a}]", "table.include[0].sweep 'nope.yaml' does not exist"),
+        ("[{sweep: sweep.yaml}]", "table.include[0] needs 'variant'"),
+        ("[{sweep: sweep.yaml, variant: base, label: base}]", "label 'base' is also a variant"),
+        ("[{sweep: sweep.yaml, variant: base, colour: red}]", "unknown key table.include[0].'colour'"),
+    ],
+)
+def test_bad_table_include_names_the_entry(tmp_path: Path, include: str, message: str) -> None:
+    path = write_sweep(tmp_path, f"table: {{include: {include}}}\n")
+    with pytest.raises(SweepError, match=re.escape(message)):
+        load_sweep(path)

@@ -105,51 +105,70 @@ def _per_query_scores(result: Mapping[str, Any], metric: str) -> dict[str, float
 
 
 def collect(sweep: SweepSpec, paths: SweepPaths, runs: Sequence[RunSpec]) -> SweepTable:
-    """Read every finished record of the planned runs and aggregate it per group."""
-    from lit_nomic.evaluation.results import MAIN_METRIC, load_result
+    """Read every finished record of the planned runs and aggregate it per group.
 
-    metric_of = {**MAIN_METRIC, **(sweep.table.get("metric") or {})}
-    wanted = sweep.table.get("datasets")
+    ``table.include`` adds rows read from another sweep's committed records (e.g. the MoE teacher of a
+    distillation sweep, trained once by ``moe_vs_dense``) instead of training the same runs twice; their
+    records sit beside this sweep's (``<records>/../<other sweep>``) and are compared with the baseline
+    like any other row.
+    """
+    from lit_nomic.sweeps.spec import included
+
     planned = {run.name: run for run in runs}
+    table = SweepTable(sweep.title, sweep.baseline, [], [], [], [])
     rows: dict[str, GroupRow] = {}
-    columns: list[str] = []
-    missing = []
     for run in runs:
-        record_dir = paths.record_dir(run)
-        record = read_json(record_dir / RUN_JSON)
-        if not record or record.get("status") != "finished" or record.get("config_hash") != run.config_hash:
-            missing.append(run.name)
-            continue
-        row = rows.setdefault(run.group, GroupRow(run.group, run.variant, run.point))
-        row.seeds.append(run.seed)
-        row.parameters = row.parameters or record.get("parameters")
-        if record.get("train_tokens_per_s"):
-            row.tokens_per_s.append(float(record["train_tokens_per_s"]))
-        if record.get("encode_docs_per_s"):
-            row.docs_per_s.append(float(record["encode_docs_per_s"]))
-        for path in sorted((record_dir / "eval").rglob("*.json")):
-            result = load_result(path)  # validated: a truncated or hand-edited file is an error
-            col = column_of(result)
-            if wanted and result["dataset"] not in wanted and col not in wanted:
-                continue
-            metric = metric_of.get(result.get("task_type", ""), result.get("main_metric"))
-            value = (result.get("metrics") or {}).get(metric)
-            if value is None or not math.isfinite(float(value)):
-                raise ValueError(f"{path}: metric {metric!r} missing or not finite")
-            if col not in columns:
-                columns.append(col)
-            row.cells.setdefault(col, Cell([])).values.append(float(value))
-            scores = _per_query_scores(result, metric)
-            if scores is not None:
-                row.per_query.setdefault(col, []).append(scores)
-    ignored = sorted(
+        _add_run(table, rows, sweep, run, paths.record_dir(run), run.group)
+    for label, other, variant in included(sweep):
+        other_paths = SweepPaths(paths.run_root, paths.records.parent / other.name)
+        for run in other.runs():
+            if run.variant == variant:
+                group = run.group.replace(variant, label, 1) + f" ({other.name})"
+                _add_run(table, rows, sweep, run, other_paths.record_dir(run), group)
+    table.ignored = sorted(
         p.name
         for p in (paths.records / "runs").glob("*")
         if p.is_dir() and not p.name.endswith(".partial") and p.name not in planned
     )
-    table = SweepTable(sweep.title, sweep.baseline, columns, list(rows.values()), missing, ignored)
+    table.rows = list(rows.values())
     _compare(table, sweep)
     return table
+
+
+def _add_run(
+    table: SweepTable, rows: dict[str, GroupRow], sweep: SweepSpec, run: RunSpec, record_dir: Path, group: str
+) -> None:
+    """Add one finished run's record to its group's row, or list the run as missing."""
+    from lit_nomic.evaluation.results import MAIN_METRIC, load_result
+
+    metric_of = {**MAIN_METRIC, **(sweep.table.get("metric") or {})}
+    wanted = sweep.table.get("datasets")
+    record = read_json(record_dir / RUN_JSON)
+    if not record or record.get("status") != "finished" or record.get("config_hash") != run.config_hash:
+        table.missing.append(run.name)
+        return
+    row = rows.setdefault(group, GroupRow(group, run.variant if group == run.group else group, run.point))
+    row.seeds.append(run.seed)
+    row.parameters = row.parameters or record.get("parameters")
+    if record.get("train_tokens_per_s"):
+        row.tokens_per_s.append(float(record["train_tokens_per_s"]))
+    if record.get("encode_docs_per_s"):
+        row.docs_per_s.append(float(record["encode_docs_per_s"]))
+    for path in sorted((record_dir / "eval").rglob("*.json")):
+        result = load_result(path)  # validated: a truncated or hand-edited file is an error
+        col = column_of(result)
+        if wanted and result["dataset"] not in wanted and col not in wanted:
+            continue
+        metric = metric_of.get(result.get("task_type", ""), result.get("main_metric"))
+        value = (result.get("metrics") or {}).get(metric)
+        if value is None or not math.isfinite(float(value)):
+            raise ValueError(f"{path}: metric {metric!r} missing or not finite")
+        if col not in table.columns:
+            table.columns.append(col)
+        row.cells.setdefault(col, Cell([])).values.append(float(value))
+        scores = _per_query_scores(result, metric)
+        if scores is not None:
+            row.per_query.setdefault(col, []).append(scores)
 
 
 def _compare(table: SweepTable, sweep: SweepSpec) -> None:

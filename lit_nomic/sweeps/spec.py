@@ -43,7 +43,8 @@ SWEEP_KEYS = {
     "profiles": "name -> top-level keys replaced (overrides merged) when planned with --profile NAME",
 }
 EVAL_KEYS = {"data", "split", "args"}
-TABLE_KEYS = {"metric", "datasets", "primary"}
+TABLE_KEYS = {"metric", "datasets", "primary", "include"}
+INCLUDE_KEYS = {"sweep", "variant", "label"}
 SLURM_KEYS = {
     "nodes",
     "gpus_per_node",
@@ -216,6 +217,8 @@ def load_sweep(path: str | Path, profile: str | None = None) -> SweepSpec:
         raise SweepError(f"{path}: baseline {baseline!r} is not a variant ({', '.join(variants)})")
     for section, known in (("eval", EVAL_KEYS), ("table", TABLE_KEYS), ("slurm", SLURM_KEYS)):
         _check_known(raw.get(section) or {}, dict.fromkeys(known, ""), path, f"{section}.")
+    for i, entry in enumerate((raw.get("table") or {}).get("include") or []):
+        _check_include(entry, path, i, variants)
     seed_keys = list(raw.get("seed_keys") or DEFAULT_SEED_KEYS)
     return SweepSpec(
         name=name,
@@ -234,6 +237,39 @@ def load_sweep(path: str | Path, profile: str | None = None) -> SweepSpec:
         slurm=dict(raw.get("slurm") or {}),
         profile=profile,
     )
+
+
+def _check_include(entry: Any, path: Path, i: int, variants: dict[str, Any]) -> None:
+    """``table.include`` rows come from another sweep's records: the file, one of its variants, a label."""
+    where = f"table.include[{i}]"
+    _check_known(entry, dict.fromkeys(INCLUDE_KEYS, ""), path, f"{where}.")
+    for key in ("sweep", "variant"):
+        if not entry.get(key):
+            raise SweepError(f"{path}: {where} needs {key!r}")
+    other = path.parent / str(entry["sweep"])
+    if not other.is_file():
+        raise SweepError(
+            f"{path}: {where}.sweep {entry['sweep']!r} does not exist (resolved against the sweep file)"
+        )
+    label = str(entry.get("label") or entry["variant"])
+    if label in variants:
+        raise SweepError(
+            f"{path}: {where} label {label!r} is also a variant of this sweep; give it another label"
+        )
+
+
+def included(sweep: SweepSpec) -> list[tuple[str, SweepSpec, str]]:
+    """The (label, other sweep, variant) of each ``table.include`` entry, its sweep file loaded."""
+    out = []
+    for entry in sweep.table.get("include") or []:
+        other = load_sweep(sweep.path.parent / str(entry["sweep"]))
+        if entry["variant"] not in other.variants:
+            raise SweepError(
+                f"{sweep.path}: table.include variant {entry['variant']!r} is not a variant of {other.path.name} "
+                f"({', '.join(other.variants)})"
+            )
+        out.append((str(entry.get("label") or entry["variant"]), other, str(entry["variant"])))
+    return out
 
 
 def _lists(section: Any, path: Path, name: str) -> dict[str, list[Any]]:
