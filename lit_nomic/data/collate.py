@@ -30,52 +30,23 @@ Token type ids are omitted (all zeros for every model we train).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lit_nomic.data.mixture import SourceSpec
 from lit_nomic.data.records import TrainingPair, stable_text_hash
-from lit_nomic.model.sources import packaged_model_path
-from lit_nomic.data.paths import data_root
+from lit_nomic.data.tokenizer import load_tokenizer, resolve_tokenizer
 
 __all__ = ["TEACHER_SCORES_KEY", "PairCollator", "load_tokenizer", "resolve_tokenizer"]
 
 log = logging.getLogger(__name__)
 
 TEACHER_SCORES_KEY = "teacher_scores"  # what lit_nomic.training.distill reads
-
-
-def resolve_tokenizer(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
-    """A local folder as given, else under the data root, else a packaged checkpoint, else the name (Hub id)."""
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        return str(path)
-    rooted = data_root(root) / os.fspath(name_or_path)
-    if rooted.exists():
-        return str(rooted)
-    packaged = packaged_model_path(os.fspath(name_or_path))
-    if packaged is not None and packaged.exists():
-        return str(packaged)
-    return os.fspath(name_or_path)
-
-
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load once per process: the XLM-R tokenizer (250k pieces) takes seconds to build."""
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise OSError(
-            f"cannot load tokenizer {name_or_path!r}: pass a local folder (e.g. xlm_roberta_tokenizer under "
-            f"the data root) or a cached Hub id; the Hub may be unreachable (HF_HUB_OFFLINE=1)"
-        ) from exc
 
 
 class PairCollator:
@@ -87,7 +58,7 @@ class PairCollator:
         if isinstance(tokenizer, PreTrainedTokenizerBase):
             self.tokenizer = tokenizer
         else:
-            self.tokenizer = load_tokenizer(resolve_tokenizer(tokenizer, root))
+            self.tokenizer = load_tokenizer(tokenizer, root, shared=True)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(
                 f"tokenizer {self.tokenizer.name_or_path!r} has no pad token; dynamic padding needs one"

@@ -213,10 +213,10 @@ class OnnxEmbedder:
             self.prompts = {"query": embedder_meta.query_prefix, "document": embedder_meta.document_prefix}
             self.name = embedder_meta.name
         else:
-            from transformers import AutoTokenizer
+            from lit_nomic.data.tokenizer import load_tokenizer
 
             meta = json.loads(meta_path.read_text())
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+            self.tokenizer = load_tokenizer(self.folder)
             self.max_seq_length = int(meta["max_seq_length"])
             self.pad_token_id = int(meta["pad_token_id"])
             self.prompts = dict(meta.get("prompts") or {})

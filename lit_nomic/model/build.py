@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lit_nomic.config import EncoderConfig, preset
+from lit_nomic.data.tokenizer import load_tokenizer
 from lit_nomic.model.embedder import Embedder
 from lit_nomic.model.encoder import Encoder
-from lit_nomic.model.sources import resolve_model_path
 
 UPCYCLE_BIASES = ("auto", "drop", "keep", "strict")
 
@@ -28,7 +28,8 @@ class ModelSpec:
         init_from: weights to start from (our folder, a Hugging Face / sentence-transformers folder, a
             packaged checkpoint name such as ``all-minilm-l6-v2``, or a Hub id); None = random init.
         overrides: ``EncoderConfig`` fields changed on top of the preset/checkpoint architecture.
-        tokenizer: tokenizer folder or name, needed when ``init_from`` brings none.
+        tokenizer: tokenizer folder or name, needed when ``init_from`` brings none; resolved as
+            ``data.tokenizer`` is (:func:`~lit_nomic.data.tokenizer.load_tokenizer`).
         upcycle_noise_std: relative noise added to each upcycled expert copy (0 = exact copies).
         upcycle_biases: what upcycling does with the dense FFN biases (an XLM-R / nomic-xlm-2048
             checkpoint has ``fc1``/``fc2`` biases): ``"drop"`` (contrastors' recipe for
@@ -75,7 +76,7 @@ def target_config(spec: ModelSpec, source: EncoderConfig | None) -> EncoderConfi
 
 
 def build_embedder(spec: ModelSpec) -> Embedder:
-    tokenizer = _load_tokenizer(spec.tokenizer) if spec.tokenizer else None
+    tokenizer = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
     if spec.init_from is None:
         config = target_config(spec, None)
         return Embedder(Encoder(config), tokenizer, spec.name or spec.preset or "lit-nomic").train()
@@ -92,9 +93,3 @@ def build_embedder(spec: ModelSpec) -> Embedder:
         encoder.load_state_dict(source.encoder.state_dict())
         embedder = Embedder(encoder, source.tokenizer, name, source.max_seq_length)
     return embedder.train()
-
-
-def _load_tokenizer(ref: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(resolve_model_path(ref)))

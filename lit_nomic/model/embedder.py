@@ -483,11 +483,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _load_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved in a model folder, or None: a sentence-transformers folder may keep it elsewhere."""
     if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
+    from lit_nomic.data.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder))
+    return load_tokenizer(folder)
 
 
 def _tokenizer_limit(tokenizer: Any) -> int | None:

@@ -299,9 +299,7 @@ def _architecture(spec: ModelSpec) -> EncoderConfig:
 
 
 def _tokenizer(lit_meta: dict[str, Any], spec: ModelSpec | None, path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    from lit_nomic.data.collate import resolve_tokenizer
+    from lit_nomic.data.tokenizer import load_tokenizer, resolve_tokenizer
 
     candidates = [lit_meta.get("tokenizer")]
     if spec is not None:
@@ -315,7 +313,7 @@ def _tokenizer(lit_meta: dict[str, Any], spec: ModelSpec | None, path: Path) -> 
         if not os.path.isdir(folder):
             continue
         try:
-            return AutoTokenizer.from_pretrained(folder)
+            return load_tokenizer(folder)
         except (OSError, ValueError) as err:
             log.warning("tokenizer %s could not be loaded: %s", folder, err)
     raise FileNotFoundError(
