@@ -209,7 +209,10 @@ def table(
     result = collect(spec, paths, spec.runs())
     if not result.rows:
         raise ValueError(f"{spec.name}: no finished run records under {paths.records / 'runs'}")
-    cmd = command or f"lit-nomic sweep table {sweep}" + (f" --profile {profile}" if profile else "")
+    options = {"profile": profile, "records": records, "output": output}
+    cmd = command or " ".join(
+        [f"lit-nomic sweep table {sweep}", *(f"--{k} {v}" for k, v in options.items() if v is not None)]
+    )
     written = write_outputs(result, Path(output) if output else paths.records, cmd)
     for kind, path in written.items():
         print(f"{kind}: {path}")
