@@ -135,3 +135,19 @@ def test_wrong_type_in_a_saved_config_names_the_file(tmp_path) -> None:
 
 def test_ints_are_accepted_where_floats_are_expected() -> None:
     assert preset("tiny-moe", rope_base=10000, router_jitter=0).rope_base == 10000
+
+
+def test_every_preset_resolves_to_its_pinned_config() -> None:
+    """Every field of every preset, as resolved before the presets shared their common fields
+    (tests/presets_resolved.json). A new EncoderConfig field or a changed default shows up here
+    by name; regenerate the file only for a change that is meant to alter the presets."""
+    import dataclasses
+    from pathlib import Path
+
+    pinned = json.loads((Path(__file__).parent / "presets_resolved.json").read_text(encoding="utf-8"))
+    assert sorted(pinned) == preset_names()
+    for name in preset_names():
+        got = json.loads(json.dumps(dataclasses.asdict(preset(name))))
+        diff = {k: (pinned[name].get(k), got.get(k)) for k in pinned[name].keys() | got.keys()
+                if pinned[name].get(k, ...) != got.get(k, ...)}  # fmt: skip
+        assert not diff, f"preset {name!r}: field: (pinned, now): {diff}"
