@@ -70,6 +70,9 @@ class EncoderConfig:
     ``expert_ffn_size`` when given, else ``ffn_size // ffn_div`` (fine-grained experts split one
     dense FFN into ``ffn_div`` narrower ones, so use more experts and a larger top_k to keep the
     active FLOPs).
+
+    The defaults are the architecture of sentence-transformers/all-MiniLM-L6-v2 (the
+    ``all-minilm-l6-v2`` preset, pinned field by field in tests/presets_resolved.json).
     """
 
     # --- vocabulary and embeddings
@@ -330,6 +333,20 @@ _NOMIC_BASE = dict(
     document_prefix="search_document: ",
 )
 
+# all-MiniLM-L6-v2 is what EncoderConfig's defaults describe, so its preset names no field.
+_MINILM: dict[str, Any] = {}
+
+# What the tiny test presets share (each sets its own layers, positions and norm epsilon).
+_TINY = dict(
+    vocab_size=1000,
+    max_position_embeddings=128,
+    hidden_size=64,
+    num_heads=4,
+    ffn_size=128,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # nomic-ai/nomic-embed-text-v2-moe: MoE in every other layer (1, 3, ..., 11), 8 full-width
     # experts, top-2, plain softmax router (no bias, no renormalisation of the top-k weights),
@@ -350,34 +367,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # nomic-ai/nomic-xlm-2048: the dense backbone the v2 MoE model was upcycled from.
     "nomic-xlm-2048": dict(_NOMIC_BASE, moe_every_n_layers=0),
     # sentence-transformers/all-MiniLM-L6-v2 (BERT, mean pooling + L2 norm, no prefixes).
-    "all-minilm-l6-v2": dict(
-        vocab_size=30522,
-        type_vocab_size=2,
-        max_position_embeddings=512,
-        position_embedding="absolute",
-        pad_token_id=0,
-        hidden_size=384,
-        num_layers=6,
-        num_heads=12,
-        ffn_size=1536,
-        norm_position="post",
-        layer_norm_eps=1e-12,
-        activation="gelu",
-        hidden_dropout=0.1,
-        attention_dropout=0.1,
-        pooling="mean",
-        normalize=True,
-    ),
+    "all-minilm-l6-v2": dict(_MINILM),
     # all-MiniLM-L6-v2 upcycled the Nomic way: 8 experts top-2 in every other layer.
     "all-minilm-l6-v2-moe": dict(
-        vocab_size=30522,
-        type_vocab_size=2,
-        max_position_embeddings=512,
-        hidden_size=384,
-        num_layers=6,
-        num_heads=12,
-        ffn_size=1536,
-        layer_norm_eps=1e-12,
+        _MINILM,
         moe_every_n_layers=2,
         num_experts=8,
         top_k=2,
@@ -386,30 +379,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         moe_output_bias=False,
     ),
     # Tiny presets for tests: seconds on a CPU core.
-    "tiny-dense": dict(
-        vocab_size=1000,
-        type_vocab_size=2,
-        max_position_embeddings=128,
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        ffn_size=128,
-        layer_norm_eps=1e-12,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    ),
+    "tiny-dense": dict(_TINY, type_vocab_size=2, num_layers=2, layer_norm_eps=1e-12),
     "tiny-moe": dict(
-        vocab_size=1000,
+        _TINY,
         type_vocab_size=1,
-        max_position_embeddings=128,
         position_embedding="rope",
-        hidden_size=64,
         num_layers=4,
-        num_heads=4,
-        ffn_size=128,
         layer_norm_eps=1e-5,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
         moe_every_n_layers=2,
         num_experts=4,
         top_k=2,
