@@ -1,8 +1,16 @@
-"""``lit-nomic filter`` and ``lit-nomic mine``: thin command wrappers (heavy imports inside)."""
+"""``lit-nomic filter`` and ``lit-nomic mine``: thin command wrappers (heavy imports inside).
+
+The options both commands take (how the data is read, searched and embedded, and how the work is
+split over workers) are defined once, with their docs, as the fields of :class:`CurationOptions`.
+Each command names its own options and takes the shared ones as ``**options``, which it passes to
+``CurationOptions(**options)``; jsonargparse follows that call, so the shared options are plain flags
+of both commands (``--batch_size``, ``--workers`` ...) and plain keys of their YAML configs.
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from lit_nomic.sweeps.launch import SlurmOptions
@@ -10,48 +18,36 @@ from lit_nomic.sweeps.launch import SlurmOptions
 SearchChoice = Literal["auto", "faiss", "torch", "faiss-ivf"]
 
 
-def _embedder(
-    model: str, batch_size: int, max_length: int | None, query_prefix, document_prefix, progress=True
-):
-    from lit_nomic.cli import load_any_model
-    from lit_nomic.curation.common import EncodeSettings, encoder_identity
-
-    embedder = load_any_model(model)
-    if max_length:
-        embedder.max_seq_length = max_length
-    qp = embedder.query_prefix if query_prefix is None else query_prefix
-    dp = embedder.document_prefix if document_prefix is None else document_prefix
-    settings = EncodeSettings(embedder, qp, dp, batch_size=batch_size, show_progress=progress)
-    return settings, encoder_identity(embedder, qp, dp)
-
-
-def _search(search: str, ivf_nlist: int, ivf_nprobe: int, shard: str | None) -> dict:
-    """The options of :class:`~lit_nomic.curation.common.SearchSettings`, shared by both commands."""
-    return {"search": search, "ivf_nlist": ivf_nlist, "ivf_nprobe": ivf_nprobe, "shard": shard}
-
-
 def _fail(command: str, err: Exception) -> SystemExit:
     print(f"lit-nomic {command}: error: {err}", file=sys.stderr)
     return SystemExit(2)
 
 
-def _launch(command: str, args: dict[str, Any]) -> bool:
-    """Start ``args["workers"]`` shard workers when asked to; True when this process must now merge
-    (or, with one local worker, simply do the work itself)."""
-    if args["workers"] == 1 and args["launcher"] == "local":
-        return True
-    from lit_nomic.curation.common import CurationError
-    from lit_nomic.curation.launch import launch_workers
+@dataclass(frozen=True, kw_only=True)
+class CurationOptions:
+    """The options that ``lit-nomic filter`` and ``lit-nomic mine`` share.
 
-    try:
-        return launch_workers(
-            command, args, args["workers"], args["launcher"], args["slurm"], args["dry_run"]
-        )
-    except CurationError as err:
-        raise _fail(command, err) from err
-
-
-_LAUNCH_DOC = """
+    Args:
+        split: the BEIR qrels split whose positive pairs are filtered or mined for.
+        source: with a mixture file, only these entries (an entry name selects its languages too).
+        query_column: JSONL query column (default ``query``).
+        document_column: JSONL document column (default ``document`` or ``pos``).
+        on_error: for pair data: ``raise`` at the first bad line (naming file:line) or ``skip`` bad
+            lines (counted per source in the report).
+        data_root: the data root (default ``$LIT_NOMIC_DATA``).
+        search: ``faiss`` or ``torch`` (exact, same result), ``auto`` (faiss when installed) or
+            ``faiss-ivf`` (approximate; for very large chunks or corpora).
+        ivf_nlist: IVF lists (faiss-ivf).
+        ivf_nprobe: IVF lists probed (faiss-ivf).
+        shard: ``i/n``: do only every n-th unit starting at i (n workers sharing one folder); the
+            units are filter's chunks and mine's corpus shards (the mine worker that finds every
+            shard embedded writes the triplets).
+        batch_size: texts per forward pass (batches of similar lengths).
+        max_length: truncate texts to this many tokens (default: the model's limit).
+        query_prefix: override the model's query prefix.
+        document_prefix: override the model's document prefix.
+        in_memory_rows: embed larger units (chunks, corpus shards) block by block into
+            memory-mapped files.
         workers: run the independent units (chunks / corpus shards) in this many worker processes
             sharing ``output`` (``--shard i/n`` each), then merge here; a re-run resumes.
         launcher: ``local`` (subprocesses here, threads split, one visible GPU each) or ``slurm``
@@ -60,35 +56,105 @@ _LAUNCH_DOC = """
             worker), cpus_per_task, mem_gb, constraint of the SLURM jobs.
         dry_run: print the workers' commands (local) or write runnable sbatch scripts to
             ``OUTPUT/workers/`` (slurm); nothing runs.
-"""
+    """
+
+    # how the data is read
+    split: str = "train"
+    source: list[str] | None = None
+    query_column: str | None = None
+    document_column: str | None = None
+    on_error: Literal["raise", "skip"] = "raise"
+    data_root: str | None = None
+    # how it is searched, and which units this process does
+    search: SearchChoice = "auto"
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 32
+    shard: str | None = None
+    # how texts are embedded
+    batch_size: int = 64
+    max_length: int | None = None
+    query_prefix: str | None = None
+    document_prefix: str | None = None
+    in_memory_rows: int = 200_000
+    # how the units are run (lit_nomic.curation.launch.LAUNCH_ARGS: not in the workers' config)
+    workers: int = 1
+    launcher: Literal["local", "slurm"] = "local"
+    slurm: SlurmOptions | None = None
+    dry_run: bool = False
+
+    def search_settings(self) -> dict[str, Any]:
+        """The fields of :class:`~lit_nomic.curation.common.SearchSettings`."""
+        return {
+            "search": self.search,
+            "ivf_nlist": self.ivf_nlist,
+            "ivf_nprobe": self.ivf_nprobe,
+            "shard": self.shard,
+        }
+
+    def pair_specs(self, data: str) -> list:
+        """The sources that ``data`` names, read with these options."""
+        from lit_nomic.curation.inputs import pair_specs
+
+        return pair_specs(
+            data,
+            source=self.source,
+            split=self.split,
+            query_column=self.query_column,
+            document_column=self.document_column,
+            root=self.data_root,
+        )
+
+    def pair_sources(self, specs: list) -> list:
+        from lit_nomic.curation.inputs import open_pair_sources
+
+        return open_pair_sources(specs, self.data_root, self.on_error)
+
+    def embedder(self, model: str) -> tuple[Any, dict]:
+        """Load ``model``; return its encode settings and its identity (with the prefixes used)."""
+        from lit_nomic.cli import load_any_model
+        from lit_nomic.curation.common import EncodeSettings, encoder_identity
+
+        embedder = load_any_model(model)
+        if self.max_length:
+            embedder.max_seq_length = self.max_length
+        qp = embedder.query_prefix if self.query_prefix is None else self.query_prefix
+        dp = embedder.document_prefix if self.document_prefix is None else self.document_prefix
+        settings = EncodeSettings(
+            embedder,
+            qp,
+            dp,
+            batch_size=self.batch_size,
+            in_memory_rows=self.in_memory_rows,
+            show_progress=True,
+        )
+        return settings, encoder_identity(embedder, qp, dp)
+
+    def launch(self, command: str, own: dict[str, Any]) -> bool:
+        """Start ``workers`` shard workers when asked to; True when this process must now merge
+        (or, with one local worker, simply do the work itself). ``own``: the command's own arguments."""
+        if self.workers == 1 and self.launcher == "local":
+            return True
+        from lit_nomic.curation.common import CurationError
+        from lit_nomic.curation.launch import launch_workers
+
+        args = {**own, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        try:
+            return launch_workers(command, args, self.workers, self.launcher, self.slurm, self.dry_run)
+        except CurationError as err:
+            raise _fail(command, err) from err
+
+
+_BAD_INPUT = (ValueError, OSError)  # CurationError, DataFormatError, FileNotFoundError among them
 
 
 def filter_pairs(
     model: str,
     data: str,
     output: str,
-    source: list[str] | None = None,
-    split: str = "train",
-    query_column: str | None = None,
-    document_column: str | None = None,
     top_k: int = 2,
     chunk_size: int = 1_000_000,
     histogram_depth: int = 10,
-    search: SearchChoice = "auto",
-    ivf_nlist: int = 1024,
-    ivf_nprobe: int = 32,
-    shard: str | None = None,
-    batch_size: int = 64,
-    max_length: int | None = None,
-    query_prefix: str | None = None,
-    document_prefix: str | None = None,
-    in_memory_rows: int = 200_000,
-    on_error: Literal["raise", "skip"] = "raise",
-    data_root: str | None = None,
-    workers: int = 1,
-    launcher: Literal["local", "slurm"] = "local",
-    slurm: SlurmOptions | None = None,
-    dry_run: bool = False,
+    **options: Any,
 ) -> dict | None:
     """Consistency filtering: keep a pair when its own document ranks in its query's top-k among the
     documents of its chunk (Nomic Embed v2: chunks of 1M pairs, top-2).
@@ -107,55 +173,27 @@ def filter_pairs(
             ``split`` qrels) or JSONL pairs (a file, folder of shards or glob), as given or under
             the data root.
         output: the output folder.
-        source: with a mixture file, only these entries (an entry name selects its languages too).
-        split: the BEIR qrels split.
-        query_column: JSONL query column (default ``query``).
-        document_column: JSONL document column (default ``document`` or ``pos``).
         top_k: keep pairs whose own document ranks <= top_k.
         chunk_size: pairs per chunk (each source is chunked on its own).
         histogram_depth: ranks up to this are reported one by one, deeper ones as ``>depth``.
-        search: ``faiss`` or ``torch`` (exact, same result), ``auto`` (faiss when installed) or
-            ``faiss-ivf`` (approximate; for very large chunks).
-        ivf_nlist: IVF lists (faiss-ivf).
-        ivf_nprobe: IVF lists probed (faiss-ivf).
-        shard: ``i/n``: process only every n-th chunk starting at i (n workers, one folder).
-        batch_size: texts per forward pass (batches of similar lengths).
-        max_length: truncate texts to this many tokens (default: the model's limit).
-        query_prefix: override the model's query prefix.
-        document_prefix: override the model's document prefix.
-        in_memory_rows: embed larger chunks block by block into memory-mapped files.
-        on_error: ``raise`` at the first bad line (naming file:line) or ``skip`` bad lines (counted
-            per source in the report).
-        data_root: the data root (default ``$LIT_NOMIC_DATA``).
-    """  # the launch options' docs are appended below
-    if not _launch("filter", dict(locals())):
+        options: the options shared with ``lit-nomic mine`` (:class:`CurationOptions`).
+    """
+    own = {k: v for k, v in locals().items() if k != "options"}
+    opts = CurationOptions(**options)
+    if not opts.launch("filter", own):
         return None
-    from lit_nomic.curation.common import CurationError
     from lit_nomic.curation.filter import FilterSettings, consistency_filter
-    from lit_nomic.curation.inputs import open_pair_sources, pair_specs
-    from lit_nomic.data.records import DataFormatError
 
     try:
         settings = FilterSettings(
-            top_k=top_k,
-            chunk_size=chunk_size,
-            histogram_depth=histogram_depth,
-            **_search(search, ivf_nlist, ivf_nprobe, shard),
+            top_k=top_k, chunk_size=chunk_size, histogram_depth=histogram_depth, **opts.search_settings()
         )
         settings.check()
-        specs = pair_specs(
-            data,
-            source=source,
-            split=split,
-            query_column=query_column,
-            document_column=document_column,
-            root=data_root,
-        )
-        sources = open_pair_sources(specs, data_root, on_error)
-        enc, ident = _embedder(model, batch_size, max_length, query_prefix, document_prefix)
-        enc.in_memory_rows = in_memory_rows
+        specs = opts.pair_specs(data)
+        sources = opts.pair_sources(specs)
+        enc, ident = opts.embedder(model)
         result = consistency_filter(specs, sources, enc, output, settings, model_identity=ident)
-    except (CurationError, DataFormatError, ValueError, FileNotFoundError, OSError) as err:
+    except _BAD_INPUT as err:
         raise _fail("filter", err) from err
     if result.report is None:
         print(f"filter: {result.done_chunks} of {result.total_chunks} chunks done in {output}")
@@ -173,10 +211,6 @@ def mine(
     data: str,
     output: str,
     corpus: str | None = None,
-    split: str = "train",
-    source: list[str] | None = None,
-    query_column: str | None = None,
-    document_column: str | None = None,
     num_negatives: int = 7,
     min_negatives: int | None = None,
     candidates: int = 100,
@@ -185,21 +219,7 @@ def mine(
     window: str | None = None,
     seed: int = 0,
     corpus_shard_size: int = 1_000_000,
-    search: SearchChoice = "auto",
-    ivf_nlist: int = 1024,
-    ivf_nprobe: int = 32,
-    shard: str | None = None,
-    batch_size: int = 64,
-    max_length: int | None = None,
-    query_prefix: str | None = None,
-    document_prefix: str | None = None,
-    in_memory_rows: int = 200_000,
-    on_error: Literal["raise", "skip"] = "raise",
-    data_root: str | None = None,
-    workers: int = 1,
-    launcher: Literal["local", "slurm"] = "local",
-    slurm: SlurmOptions | None = None,
-    dry_run: bool = False,
+    **options: Any,
 ) -> dict | None:
     """Hard-negative mining with a teacher: for each (query, positive), retrieve ``candidates``
     documents, drop every known positive of the query, drop those scoring above
@@ -216,10 +236,6 @@ def mine(
         output: the output folder.
         corpus: for pair data, a corpus JSONL (``_id``/``id``, ``text``, optional ``title``);
             default: the distinct positives of the pairs.
-        split: the BEIR qrels split to mine for.
-        source: with a mixture file, only these entries.
-        query_column: JSONL query column.
-        document_column: JSONL document column.
         num_negatives: negatives per pair.
         min_negatives: drop pairs with fewer (default: num_negatives).
         candidates: teacher search depth (after removing known positives).
@@ -229,26 +245,16 @@ def mine(
             instead of taking the top ones.
         seed: seed of the window sampling.
         corpus_shard_size: documents per corpus embedding file (the unit of ``--shard``).
-        search: ``faiss`` / ``torch`` (exact, same result), ``auto`` or ``faiss-ivf`` (approximate).
-        ivf_nlist: IVF lists (faiss-ivf).
-        ivf_nprobe: IVF lists probed (faiss-ivf).
-        shard: ``i/n``: embed only every n-th corpus shard (n workers, one folder); the worker that
-            finds all shards embedded writes the triplets.
-        batch_size: texts per forward pass.
-        max_length: truncate texts to this many tokens.
-        query_prefix: override the teacher's query prefix.
-        document_prefix: override the teacher's document prefix.
-        in_memory_rows: embed larger corpus shards block by block into memory-mapped files.
-        on_error: for pair data: ``raise`` at the first bad line or ``skip`` (counted).
-        data_root: the data root (default ``$LIT_NOMIC_DATA``).
-    """  # the launch options' docs are appended below
-    if not _launch("mine", dict(locals())):
+        options: the options shared with ``lit-nomic filter`` (:class:`CurationOptions`).
+    """
+    own = {k: v for k, v in locals().items() if k != "options"}
+    opts = CurationOptions(**options)
+    if not opts.launch("mine", own):
         return None
     from lit_nomic.curation.common import CurationError
-    from lit_nomic.curation.inputs import _find, open_pair_sources, pair_specs
+    from lit_nomic.curation.inputs import _find
     from lit_nomic.curation.mine import MineSettings, beir_mine_input, mine_negatives, pairs_mine_input
     from lit_nomic.data.formats import is_beir_folder
-    from lit_nomic.data.records import DataFormatError
 
     try:
         win = None
@@ -267,28 +273,20 @@ def mine(
             window=win,
             seed=seed,
             corpus_shard_size=corpus_shard_size,
-            **_search(search, ivf_nlist, ivf_nprobe, shard),
+            **opts.search_settings(),
         )
         settings.check()
-        found = _find(data, data_root)
-        if found is not None and found.is_dir() and is_beir_folder(found) and not source:
+        found = _find(data, opts.data_root)
+        if found is not None and found.is_dir() and is_beir_folder(found) and not opts.source:
             if corpus is not None:
                 raise CurationError("--corpus is for pair data; a BEIR folder brings its corpus.jsonl")
-            inputs = beir_mine_input(found, split)
+            inputs = beir_mine_input(found, opts.split)
         else:
-            specs = pair_specs(
-                data,
-                source=source,
-                split=split,
-                query_column=query_column,
-                document_column=document_column,
-                root=data_root,
-            )
-            inputs = pairs_mine_input(specs, open_pair_sources(specs, data_root, on_error), corpus)
-        enc, ident = _embedder(model, batch_size, max_length, query_prefix, document_prefix)
-        enc.in_memory_rows = in_memory_rows
+            specs = opts.pair_specs(data)
+            inputs = pairs_mine_input(specs, opts.pair_sources(specs), corpus)
+        enc, ident = opts.embedder(model)
         result = mine_negatives(inputs, enc, output, settings, model_identity=ident)
-    except (CurationError, DataFormatError, ValueError, FileNotFoundError, OSError) as err:
+    except _BAD_INPUT as err:
         raise _fail("mine", err) from err
     if result.report is None:
         print(f"mine: {result.done_shards} of {result.total_shards} corpus shards embedded in {output}")
@@ -299,7 +297,3 @@ def mine(
         f"({t.get('dropped_too_few_negatives', 0)} dropped with too few negatives) -> {output}/triplets.jsonl"
     )
     return result.report
-
-
-filter_pairs.__doc__ = (filter_pairs.__doc__ or "").rstrip() + _LAUNCH_DOC
-mine.__doc__ = (mine.__doc__ or "").rstrip() + _LAUNCH_DOC
