@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from lit_nomic.data.formats import Document
 
@@ -75,79 +76,84 @@ def _judged_documents(dataset: RetrievalDataset, qids: list[str], *, relevant_on
     return judged
 
 
-def subsample(
-    dataset: RetrievalDataset, max_docs: int, *, max_queries: int | None = None, seed: int = 0
-) -> RetrievalDataset:
-    """A smaller task for smoke tests, benchmarks and suite options (``max_docs``).
+Keep = Literal["judged", "relevant"]
+Fill = Literal["random", "first"]
 
-    Keeps (the first ``max_queries``) queries, every document judged for them, then random
-    distractors up to ``max_docs``. Keeping the judged documents is what makes scores on the
-    subset meaningful; the task is renamed ``<name>-sub<max_docs>`` so that its result file and
-    table column can never be mistaken for the full benchmark.
+
+def subsample(
+    dataset: RetrievalDataset,
+    max_docs: int | None = None,
+    *,
+    max_queries: int | None = None,
+    keep: Keep = "judged",
+    fill: Fill = "random",
+    seed: int = 0,
+) -> RetrievalDataset:
+    """A smaller task: the first ``max_queries`` queries, documents they judge, distractors up to ``max_docs``.
+
+    Keeping the judged documents is what makes scores on a subset meaningful. ``keep`` says which:
+    every document judged for the kept queries (``"judged"``) or only those judged relevant
+    (``"relevant"``). ``fill`` says how the rest of the corpus, up to ``max_docs``, is chosen:
+
+    * ``"random"``: distractors drawn with ``seed``; the corpus keeps file order. The evaluation
+      subsample (suite option ``max_docs``, smoke tests, benchmarks), named ``<name>-sub<max_docs>``
+      with ``extra["subsample"]``; ``max_docs`` is required.
+    * ``"first"``: the first other documents in file order, after the kept ones (the same set at every
+      call without a seed, and cheap). The in-training probe (``RetrievalEval``, NanoBEIR-style; see
+      :func:`probe_subset`), named ``<name>-probe`` with ``extra["probe"]``: its scores compare between
+      the steps of one run, not with full-corpus numbers. ``max_docs=None`` keeps the whole corpus,
+      both limits None return ``dataset`` itself, and the subset lists no ``queries_without_positive``
+      (its result files have never counted them).
+
+    The names keep a subset's result file and table column from being mistaken for the full benchmark
+    or for the other kind of subset.
     """
-    if max_docs <= 0:
-        raise ValueError(f"max_docs must be positive, got {max_docs}")
+    probe = fill == "first"
+    limit_name = "max_corpus" if probe else "max_docs"
+    if probe and max_queries is None and max_docs is None:
+        return dataset
+    if max_queries is not None and max_queries < 1:
+        raise ValueError(f"max_queries must be >= 1, got {max_queries}")
+    if max_docs is None and not probe:
+        raise ValueError("max_docs is required with fill='random'")
+    if max_docs is not None and max_docs < 1:
+        raise ValueError(f"{limit_name} must be >= 1, got {max_docs}")
     qids = dataset.query_ids[:max_queries] if max_queries is not None else dataset.query_ids
-    judged = _judged_documents(dataset, qids, relevant_only=False)
-    if len(judged) > max_docs:
+    kept = _judged_documents(dataset, qids, relevant_only=keep == "relevant")
+    limit = max_docs if max_docs is not None else len(dataset.corpus)
+    if len(kept) > limit:
+        judge = "have" if keep == "relevant" else "judge"
         raise ValueError(
-            f"{dataset.name}: the {len(qids)} kept queries judge {len(judged)} documents, more than "
-            f"max_docs={max_docs}; lower max_queries or raise max_docs"
+            f"{dataset.name}/{dataset.split}: the first {len(qids)} queries {judge} {len(kept)} "
+            f"{'relevant ' if keep == 'relevant' else ''}documents, more than {limit_name}={limit}; "
+            f"lower max_queries or raise {limit_name}"
         )
-    others = [d for d in dataset.corpus if d not in judged]
-    rng = random.Random(seed)
-    extra_ids = set(rng.sample(others, min(max_docs - len(judged), len(others))))
-    keep = judged.keys() | extra_ids
-    corpus = {d: doc for d, doc in dataset.corpus.items() if d in keep}
+    others = [d for d in dataset.corpus if d not in kept]
+    if probe:
+        chosen = [*kept, *others[: limit - len(kept)]]
+    else:
+        extra_ids = set(random.Random(seed).sample(others, min(limit - len(kept), len(others))))
+        chosen = [d for d in dataset.corpus if d in kept or d in extra_ids]
+    label = (
+        {"probe": f"max_queries={max_queries},max_corpus={max_docs}"}
+        if probe
+        else {"subsample": f"max_docs={max_docs},max_queries={max_queries},seed={seed}"}
+    )
     return replace(
         dataset,
-        name=f"{dataset.name}-sub{max_docs}",
-        corpus=corpus,
+        name=f"{dataset.name}-probe" if probe else f"{dataset.name}-sub{max_docs}",
+        corpus={d: dataset.corpus[d] for d in chosen},
         queries={q: dataset.queries[q] for q in qids},
         qrels={q: dict(dataset.qrels[q]) for q in qids},
-        extra={**dataset.extra, "subsample": f"max_docs={max_docs},max_queries={max_queries},seed={seed}"},
+        extra={**dataset.extra, **label},
+        queries_without_positive=() if probe else dataset.queries_without_positive,
     )
 
 
 def probe_subset(
     dataset: RetrievalDataset, max_queries: int | None = None, max_corpus: int | None = None
 ) -> RetrievalDataset:
-    """A NanoBEIR-style probe (the in-training ``RetrievalEval``): the first ``max_queries`` judged
-    queries (file order), and a corpus of their relevant documents followed by the first other
-    documents (file order) up to ``max_corpus``.
-
-    Unlike :func:`subsample` (random distractors, every judged document) it is the same set at every
-    step without a seed, and cheap; scores are comparable between the steps of one run, not with
-    full-corpus numbers, hence the ``-probe`` name. No limits returns ``dataset``.
+    """The in-training probe of ``RetrievalEval``: :func:`subsample` keeping the relevant documents and
+    filling with the first others (``keep="relevant", fill="first"``), ``max_corpus`` documents in all.
     """
-    if max_queries is None and max_corpus is None:
-        return dataset
-    if max_queries is not None and max_queries < 1:
-        raise ValueError(f"max_queries must be >= 1, got {max_queries}")
-    if max_corpus is not None and max_corpus < 1:
-        raise ValueError(f"max_corpus must be >= 1, got {max_corpus}")
-    qids = dataset.query_ids[:max_queries] if max_queries is not None else dataset.query_ids
-    relevant = _judged_documents(dataset, qids, relevant_only=True)
-    limit = max_corpus if max_corpus is not None else len(dataset.corpus)
-    if len(relevant) > limit:
-        raise ValueError(
-            f"{dataset.name}/{dataset.split}: the first {len(qids)} queries have {len(relevant)} relevant "
-            f"documents, more than max_corpus={limit}; lower max_queries or raise max_corpus"
-        )
-    keep = dict(relevant)
-    for doc_id in dataset.corpus:
-        if len(keep) >= limit:
-            break
-        keep.setdefault(doc_id, None)
-    corpus = {d: dataset.corpus[d] for d in keep}
-    return RetrievalDataset(
-        name=f"{dataset.name}-probe",
-        split=dataset.split,
-        corpus=corpus,
-        queries={q: dataset.queries[q] for q in qids},
-        qrels={q: dict(dataset.qrels[q]) for q in qids},
-        language=dataset.language,
-        ignore_identical_ids=dataset.ignore_identical_ids,
-        source=dataset.source,
-        extra={**dataset.extra, "probe": f"max_queries={max_queries},max_corpus={max_corpus}"},
-    )
+    return subsample(dataset, max_corpus, max_queries=max_queries, keep="relevant", fill="first")
