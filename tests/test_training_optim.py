@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from transformers import (
+    get_constant_schedule_with_warmup,
     get_cosine_schedule_with_warmup,
     get_inverse_sqrt_schedule,
     get_linear_schedule_with_warmup,
@@ -97,6 +98,44 @@ def test_schedules_match_transformers_after_warmup(schedule: str, reference: obj
     ours = [lr_multiplier(s, cfg, 20) for s in range(4, 21)]
     theirs = [hf.lr_lambdas[0](s) for s in range(4, 21)]
     assert ours == pytest.approx(theirs, abs=1e-12)
+
+
+def _transformers_multiplier(schedule: str, warmup: int, total: int):  # noqa: ANN202 - step -> factor
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    made = {
+        "constant": lambda: get_constant_schedule_with_warmup(opt, warmup),
+        "linear": lambda: get_linear_schedule_with_warmup(opt, warmup, total),
+        "cosine": lambda: get_cosine_schedule_with_warmup(opt, warmup, total),
+        "inverse_sqrt": lambda: get_inverse_sqrt_schedule(opt, warmup),
+    }[schedule]()
+    return made.lr_lambdas[0]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "inverse_sqrt"])
+@pytest.mark.parametrize("warmup, total", [(4, 40), (100, 1000)])
+def test_relation_to_transformers_step_by_step(schedule: str, warmup: int, total: int) -> None:
+    """Why optim.py keeps its own schedules (its lr_multiplier docstring): what differs, and by how much."""
+    cfg = OptimConfig(warmup_steps=warmup, schedule=schedule)  # type: ignore[arg-type]
+    theirs = _transformers_multiplier(schedule, warmup, total)
+    ours = [lr_multiplier(s, cfg, total) for s in range(total + 1)]
+    # Warmup: ours is theirs one step later, exactly; theirs starts at 0.
+    assert ours[:warmup] == [theirs(s + 1) for s in range(warmup)]
+    assert theirs(0) == 0.0 and all(ours[s] - theirs(s) == pytest.approx(1 / warmup) for s in range(warmup))
+    after = [(ours[s], theirs(s)) for s in range(warmup, total + 1)]
+    if schedule in ("constant", "cosine"):
+        assert all(a == b for a, b in after)  # bit-identical up to total_steps
+    else:  # the same function, rounded differently at some steps
+        assert max(abs(a - b) for a, b in after) <= 2.3e-16
+        assert any(a != b for a, b in after)
+
+
+def test_where_transformers_differs_beyond_rounding() -> None:
+    cosine = OptimConfig(warmup_steps=4, schedule="cosine")
+    theirs = _transformers_multiplier("cosine", 4, 40)
+    assert lr_multiplier(50, cosine, 40) == 0.0 and theirs(50) > 0.05  # past the end theirs rises again
+    no_warmup = OptimConfig(warmup_steps=0, schedule="inverse_sqrt")
+    theirs = _transformers_multiplier("inverse_sqrt", 0, 40)
+    assert lr_multiplier(4, no_warmup, 40) == 0.5 and theirs(4) > 0.99  # theirs: a 10,000-step timescale
 
 
 def test_schedule_values() -> None:

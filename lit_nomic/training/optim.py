@@ -83,9 +83,23 @@ def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
     Warmup is ``(step + 1) / warmup_steps``, so the very first update already moves the weights (a
     0-based ``step / warmup`` ramp, as in ``transformers``, spends its first step at lr 0 while still
-    updating Adam's moments). After warmup the schedules equal the ``transformers`` ones: linear
+    updating Adam's moments). After warmup the schedules are the ``transformers`` ones: linear
     ``(total - step) / (total - warmup)``, half-cosine over the same span, ``inverse_sqrt``
     ``sqrt(warmup / step)``; ``min_lr_ratio`` lifts linear/cosine to a floor instead of 0.
+
+    Why not ``transformers.get_*_schedule_with_warmup`` (compared step by step over 10,000 steps,
+    ``tests/test_training_optim.py`` pins each relation):
+
+    * warmup: ours at step ``s`` is theirs at ``s + 1`` (exactly); theirs is lower by
+      ``1 / warmup_steps`` at every warmup step, starting from 0;
+    * constant and cosine: bit-identical from the end of warmup to ``total_steps``; past it ours stays
+      at the floor while their cosine rises again (``total_steps`` below ``max_steps`` is allowed);
+    * linear and inverse_sqrt: equal within one rounding (at most 2.2e-16) after warmup, but not
+      bit-identical at about a third of the steps (their ``(total - step) / span`` vs our
+      ``1 - (step - warmup) / span``): switching would change every recorded run's learning rates
+      in the last bit, and the quickstart's linear schedule with them;
+    * ``min_lr_ratio``: their linear schedule has no floor;
+    * inverse_sqrt without warmup: theirs uses a 10,000-step timescale, ours ``1 / sqrt(step)``.
     """
     warmup = cfg.warmup_steps
     if warmup and step < warmup:
