@@ -5,6 +5,32 @@ everything a user waits for: fetching the batch, forward, backward, the optimise
 writes. Only work that is not training is cut out: the validation loop and in-training retrieval
 probes call ``pause()``/``resume()`` (or ``with clock.paused():``). The first step after (re)start has
 no previous step and reports nothing, instead of a rate inflated or deflated by set-up time.
+
+Each rank logs its own rate as ``train/tokens_per_s`` through ``LightningModule.log`` with
+``reduce_fx="sum"``: the job's throughput is the sum over ranks, and the value lands in
+``trainer.callback_metrics``, where ``RunRecord`` reads it for run.json's ``train_tokens_per_s`` (the
+mean over the steps that report a rate).
+
+Why not Lightning's ``ThroughputMonitor`` (``lightning.pytorch.callbacks``, over
+``lightning.fabric.utilities.throughput.Throughput``), read in lightning 2.6: with ``window_size=2``
+its rate is the same quotient, the last step's items over the time between the last two updates
+(``tests/test_training_throughput.py`` checks this; its default window averages 100 updates and
+reports nothing before the 100th), but it cannot keep the rest of the meaning:
+
+* it pauses only for the validation loop (shifting its private start time by the validation time);
+  our ``RetrievalEval`` probes run inside ``on_train_batch_end``/``on_train_end`` and would count as
+  training time, with no public way to pause it;
+* it runs on rank 0 only and gets the job's rate as rank 0's rate times the world size, while the
+  ranks' real (unpadded) token counts differ; we sum each rank's own rate;
+* it logs through the logger connector directly and only on logging steps, so its values never
+  reach ``trainer.callback_metrics`` (and nothing is logged without a logger): ``RunRecord`` would
+  not see them, and its keys (``train/device/items_per_sec``) are not ours;
+* it synchronises CUDA after every batch (we measure the host's step-to-step time, which in steady
+  state averages to the same rate without stalling the queue), and warns unless the module defines
+  ``flops_per_batch``.
+
+Using only the fabric ``Throughput`` for the division would keep all of the above here and add
+cumulative-count bookkeeping, so it is not used either.
 """
 
 from __future__ import annotations
