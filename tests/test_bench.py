@@ -38,6 +38,19 @@ def test_stat_from_samples_median_min_quartiles() -> None:
         Stat.from_samples([])
 
 
+def test_stat_agrees_with_torch_benchmark_measurement() -> None:
+    """The statistics are torch.utils.benchmark's; the sampling is what timing.py keeps (its docstring)."""
+    from torch.utils.benchmark.utils.common import Measurement, TaskSpec
+
+    noisy = [float(x) for x in torch.rand(11, generator=torch.Generator().manual_seed(3)) * 10 + 1]
+    for samples_ms, flagged in ((noisy, True), ([10.0, 10.1, 10.2, 10.05, 10.15, 10.3], False)):
+        stat = Stat.from_samples(samples_ms)
+        theirs = Measurement(1, [ms / 1e3 for ms in samples_ms], TaskSpec("pass", "pass"))
+        assert stat.median_ms == pytest.approx(theirs.median * 1e3, rel=1e-12)
+        assert stat.iqr_ms == pytest.approx(theirs.iqr * 1e3, rel=1e-12)
+        assert theirs.has_warnings == flagged == (stat.iqr_ms / stat.median_ms >= 0.10)
+
+
 def test_time_interleaved_runs_variants_alternately() -> None:
     calls: list[str] = []
     variants = {name: (lambda n=name: calls.append(n)) for name in "ABC"}

@@ -7,6 +7,24 @@ even when the absolute times are not, and ratios are what these benchmarks repor
 
 Thread count is deliberately left as the process has it: the numbers describe the machine as users
 run it.
+
+Why not ``torch.utils.benchmark.Timer`` (read in torch 2.13): its statistics are ours (``Measurement``
+median and IQR are linear-interpolated quantiles, as ``Stat``'s; ``tests/test_bench.py`` checks the
+numbers agree), and its timer synchronises the accelerator as ``device_sync`` does, but its sampling
+does not do this job:
+
+* a ``Timer`` measures one statement to completion (``blocked_autorange``, ``adaptive_autorange``),
+  so variants cannot be interleaved, and the drift described above lands on one of them;
+* a ``blocked_autorange`` sample is the mean of a block of calls sized to hide timer overhead, so its
+  IQR is the spread of block means, not of single repetitions; ``adaptive_autorange`` repeats until
+  IQR/median < 10%, which on a loaded machine means until ``max_run_time``, where we take a fixed
+  number of rounds (or a budget) and report the spread;
+* warm-up is its block-size search, not a count; there is no CPU-time clock (a custom ``timer``
+  would drop the accelerator synchronisation, and ``clock="cpu"`` records both clocks per repetition);
+* it sets torch's thread count to ``num_threads`` (default 1) while measuring;
+* its only reliability signal is ``Measurement.has_warnings`` (IQR/median >= 10%, our
+  ``SPREAD_LIMIT``); :func:`assess_reliability` also flags the machine's load average and thread
+  oversubscription, which is what tells a loaded 2-core machine from a noisy kernel.
 """
 
 from __future__ import annotations
