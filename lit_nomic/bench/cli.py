@@ -147,6 +147,49 @@ def moe(
     return rows, {"device": device, "warmup": warmup, "repeats": repeats, "max_repeats": max_repeats}
 
 
+@dataclass
+class _TimedTexts:
+    """What ``encoder`` and ``export`` time alike: SciFact documents encoded in interleaved rounds."""
+
+    texts: list[str]
+    device: str
+    limit: int
+    keywords: dict  # max_length, warmup_texts, warmup, repeats, clock: as both runners take them
+
+    @classmethod
+    def load(
+        cls,
+        run: RunOptions,
+        device: str,
+        quick: bool,
+        limit: int,
+        max_length: int,
+        data_root: Path | None,
+        warmup: int,
+        repeats: int,
+    ) -> _TimedTexts:
+        """The first ``limit`` documents (quick: 8 of them, <= 128 tokens, warm-up on 4, one round)."""
+        from lit_nomic.bench.encoder import load_scifact_texts
+
+        warm_texts = 64
+        if quick:
+            limit, repeats, warm_texts, max_length = min(limit, 8), 1, 4, min(max_length, 128)
+        clock = _clock(run, device)
+        keywords = {
+            "max_length": max_length,
+            "warmup_texts": warm_texts,
+            "warmup": warmup,
+            "repeats": repeats,
+        }
+        return cls(load_scifact_texts(limit, data_root), device, limit, keywords | {"clock": clock})
+
+    def settings(self, **more: object) -> dict:
+        """The settings a run records (``more`` after max_length, as the JSON files list them)."""
+        k = self.keywords
+        first = {"device": self.device, "limit": self.limit, "max_length": k["max_length"]}
+        return first | more | {"warmup": k["warmup"], "repeats": k["repeats"]}
+
+
 def encoder(
     run: RunOptions,
     quick: bool = False,
@@ -174,34 +217,20 @@ def encoder(
         warmup: warm-up rounds on the first 64 texts.
         repeats: interleaved timed rounds.
     """
-    from lit_nomic.bench.encoder import load_scifact_texts, minilm_path, run_encoder_benchmark
+    from lit_nomic.bench.encoder import minilm_path, run_encoder_benchmark
 
     device = run.device or _default_device()
-    batch_sizes, warm_texts = list(batch_size), 64
-    if quick:
-        limit, batch_sizes, repeats, warm_texts, max_length = min(limit, 8), [4], 1, 4, min(max_length, 128)
-    texts = load_scifact_texts(limit, data_root)
+    timed = _TimedTexts.load(run, device, quick, limit, max_length, data_root, warmup, repeats)
     rows = run_encoder_benchmark(
-        texts,
+        timed.texts,
         model or minilm_path(),
-        batch_sizes=batch_sizes,
-        max_length=max_length,
+        batch_sizes=[4] if quick else list(batch_size),
         dtypes=("fp32", "bf16") if bf16 else ("fp32",),
         device=device,
-        warmup_texts=warm_texts,
-        warmup=warmup,
-        repeats=repeats,
         with_moe=moe,
-        clock=_clock(run, device),
+        **timed.keywords,
     )
-    settings = {
-        "device": device,
-        "limit": limit,
-        "max_length": max_length,
-        "warmup": warmup,
-        "repeats": repeats,
-    }
-    return rows, settings
+    return rows, timed.settings()
 
 
 def train(
@@ -286,48 +315,36 @@ def export(
         warmup: warm-up rounds on the first 64 texts.
         repeats: interleaved timed rounds.
     """
-    from lit_nomic.bench.encoder import load_scifact_texts, minilm_path
+    from lit_nomic.bench.encoder import minilm_path
     from lit_nomic.bench.export import run_export_benchmark
 
     device = run.device or "cpu"
     if not device.startswith("cpu"):
         raise SystemExit("bench export: ONNX runs with onnxruntime's CPU provider; use --device cpu")
-    warm_texts, eval_queries = 64, None
+    eval_queries = None
     if quick:
-        limit, batch_size, repeats, warm_texts, max_length = min(limit, 8), 4, 1, 4, min(max_length, 128)
+        batch_size = 4
         eval_docs, eval_queries = (min(eval_docs, 30), 5) if eval_docs >= 0 else (eval_docs, None)
-    texts = load_scifact_texts(limit, data_root)
+    timed = _TimedTexts.load(run, device, quick, limit, max_length, data_root, warmup, repeats)
     dataset = None
     if eval_docs >= 0:
+        from lit_nomic.data.paths import resolve_dataset
         from lit_nomic.evaluation.beir import load_beir
         from lit_nomic.evaluation.retrieval_data import subsample
-        from lit_nomic.data.paths import resolve_dataset
 
         dataset = load_beir(resolve_dataset(Path("beir") / "scifact", data_root), "test")
         if eval_docs > 0 or eval_queries is not None:
             dataset = subsample(dataset, eval_docs or len(dataset.corpus), max_queries=eval_queries, seed=0)
     rows = run_export_benchmark(
-        texts,
+        timed.texts,
         model or minilm_path(),
         eval_dataset=dataset,
         batch_size=batch_size,
-        max_length=max_length,
         upcycle=moe,
         name=None if model else "all-MiniLM-L6-v2",
-        warmup_texts=warm_texts,
-        warmup=warmup,
-        repeats=repeats,
-        clock=_clock(run, device),
+        **timed.keywords,
     )
-    settings = {
-        "device": device,
-        "limit": limit,
-        "max_length": max_length,
-        "eval_docs": eval_docs,
-        "warmup": warmup,
-        "repeats": repeats,
-    }
-    return rows, settings
+    return rows, timed.settings(eval_docs=eval_docs)
 
 
 def report(input: Path = Path("results/bench"), output: Path = Path("results/benchmarks.md")) -> None:
