@@ -205,6 +205,8 @@ class ContrastiveModule(L.LightningModule):
             reduce_dtype=getattr(torch, pc.reduce_dtype),
             reshard_after_forward=pc.reshard_after_forward,
         )
+        if self.distiller is not None:  # the frozen teacher on the same mesh (distill.teacher_sharding)
+            self.distiller.shard_teacher(dp_mesh, param_dtype=getattr(torch, pc.param_dtype))
         # The learned temperature is a 0-d parameter, which FSDP2 cannot shard: keep it replicated.
         # So is the distillation projection, which lives outside the sharded embedder.
         extra = list(self.distiller.parameters()) if self.distiller is not None else []
