@@ -10,6 +10,7 @@ of both commands (``--batch_size``, ``--workers`` ...) and plain keys of their Y
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -147,6 +148,13 @@ class CurationOptions:
 _BAD_INPUT = (ValueError, OSError)  # CurationError, DataFormatError, FileNotFoundError among them
 
 
+def _finish(command: str, report: dict | None, unfinished: str, totals: Callable[[dict], str]) -> dict | None:
+    """Print what the run left: ``unfinished`` (a shard worker's units done, no report yet) or the
+    ``totals`` line of the report; return the report."""
+    print(f"{command}: {unfinished if report is None else totals(report['total'])}")
+    return report
+
+
 def filter_pairs(
     model: str,
     data: str,
@@ -195,15 +203,15 @@ def filter_pairs(
         result = consistency_filter(specs, sources, enc, output, settings, model_identity=ident)
     except _BAD_INPUT as err:
         raise _fail("filter", err) from err
-    if result.report is None:
-        print(f"filter: {result.done_chunks} of {result.total_chunks} chunks done in {output}")
-        return None
-    t = result.report["total"]
-    print(
-        f"filter: kept {t['kept']} of {t['pairs']} pairs ({t['dropped']} dropped, "
-        f"{t['skipped_bad_input']} bad lines skipped) -> {output}/mixture.yaml"
+    return _finish(
+        "filter",
+        result.report,
+        f"{result.done_chunks} of {result.total_chunks} chunks done in {output}",
+        lambda t: (
+            f"kept {t['kept']} of {t['pairs']} pairs ({t['dropped']} dropped, "
+            f"{t['skipped_bad_input']} bad lines skipped) -> {output}/mixture.yaml"
+        ),
     )
-    return result.report
 
 
 def mine(
@@ -288,12 +296,12 @@ def mine(
         result = mine_negatives(inputs, enc, output, settings, model_identity=ident)
     except _BAD_INPUT as err:
         raise _fail("mine", err) from err
-    if result.report is None:
-        print(f"mine: {result.done_shards} of {result.total_shards} corpus shards embedded in {output}")
-        return None
-    t = result.report["total"]
-    print(
-        f"mine: wrote {t.get('written', 0)} triplets of {t['pairs']} pairs "
-        f"({t.get('dropped_too_few_negatives', 0)} dropped with too few negatives) -> {output}/triplets.jsonl"
+    return _finish(
+        "mine",
+        result.report,
+        f"{result.done_shards} of {result.total_shards} corpus shards embedded in {output}",
+        lambda t: (
+            f"wrote {t.get('written', 0)} triplets of {t['pairs']} pairs "
+            f"({t.get('dropped_too_few_negatives', 0)} dropped with too few negatives) -> {output}/triplets.jsonl"
+        ),
     )
-    return result.report
