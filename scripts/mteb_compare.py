@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_nomic.data.paths import data_root as default_data_root
+from lit_nomic.data.paths import resolve_dataset
 from lit_nomic.evaluation.beir import load_beir
 from lit_nomic.evaluation.encoders import EmbeddingCache, MemoizingEncoder, TextEncoder, encode_texts
 from lit_nomic.evaluation.metrics import to_mteb_key
@@ -33,8 +35,6 @@ from lit_nomic.evaluation.retrieval import evaluate_retrieval
 from lit_nomic.evaluation.retrieval_data import RetrievalDataset
 from lit_nomic.evaluation.run import portable_source
 from lit_nomic.fileio import atomic_write_json, atomic_write_text
-from lit_nomic.data.paths import data_root as default_data_root
-from lit_nomic.data.paths import resolve_dataset
 
 MAIN_METRIC = "ndcg@10"
 COMPARED_METRICS: tuple[str, ...] = (

@@ -21,8 +21,8 @@ import torch
 import yaml
 from lexical_encoder import HashingEncoder
 
-from lit_nomic.data import paths
 from lit_nomic.cli import main
+from lit_nomic.data import paths
 from lit_nomic.evaluation import suites
 from lit_nomic.evaluation.report import build_table
 from lit_nomic.evaluation.results import load_results

@@ -43,8 +43,8 @@ def minilm_path() -> Path:
 
 def load_scifact_texts(limit: int | None, data_root: str | Path | None = None) -> list[str]:
     """The first ``limit`` SciFact corpus documents (file order), as mteb's title + " " + text."""
-    from lit_nomic.evaluation.beir import load_corpus
     from lit_nomic.data.paths import resolve_dataset
+    from lit_nomic.evaluation.beir import load_corpus
 
     corpus = load_corpus(resolve_dataset(SCIFACT_CORPUS, data_root))
     docs = list(corpus.values())

@@ -20,6 +20,7 @@ import numpy as np
 
 from lit_nomic.data import formats
 from lit_nomic.data.formats import iter_raw_lines, parse_json_line, read_qrels
+from lit_nomic.data.paths import resolve_dataset
 from lit_nomic.data.records import (
     DataFormatError,
     IndexedSource,
@@ -30,7 +31,6 @@ from lit_nomic.data.records import (
     require_text,
 )
 from lit_nomic.data.shards import ShardReader
-from lit_nomic.data.paths import resolve_dataset
 
 __all__ = ["BeirPairs", "document_text", "read_qrels"]
 

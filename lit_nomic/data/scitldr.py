@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lit_nomic.data.jsonl import IndexedJsonlPairs
-from lit_nomic.data.records import DataFormatError, OnError, PairRecord, require_text, require_text_list
 from lit_nomic.data.paths import resolve_dataset
+from lit_nomic.data.records import DataFormatError, OnError, PairRecord, require_text, require_text_list
 
 __all__ = ["SCITLDR_QUERY_FIELDS", "SciTldrExtractor", "SciTldrPairs"]
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from lit_nomic.data.formats import iter_raw_lines, parse_json_line
+from lit_nomic.data.paths import DATA_ENV, data_root
 from lit_nomic.data.records import DataFormatError, OnError, SkipReport, handle_bad_line
 from lit_nomic.fileio import atomic_write
-from lit_nomic.data.paths import DATA_ENV, data_root
 
 __all__ = [
     "CACHE_ENV",

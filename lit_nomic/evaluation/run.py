@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from lit_nomic.data.paths import data_root as default_data_root
 from lit_nomic.evaluation.beir import beir_subsets, is_beir_folder, load_beir
 from lit_nomic.evaluation.encoders import (
     EmbeddingCache,
@@ -51,7 +52,6 @@ from lit_nomic.evaluation.results import build_result, write_result
 from lit_nomic.evaluation.retrieval import SearchBackend, SearchConfig, evaluate_retrieval
 from lit_nomic.evaluation.retrieval_data import RetrievalDataset, subsample
 from lit_nomic.evaluation.suites import TaskSpec, resolve_data
-from lit_nomic.data.paths import data_root as default_data_root
 
 log = logging.getLogger(__name__)
 

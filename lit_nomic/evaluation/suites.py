@@ -29,11 +29,11 @@ from typing import Any, Literal
 import yaml
 
 from lit_nomic.data.formats import read_text
+from lit_nomic.data.paths import data_root as default_data_root
+from lit_nomic.data.paths import fetch_hint, resolve_dataset
 from lit_nomic.evaluation.beir import is_beir_collection, is_beir_folder
 from lit_nomic.evaluation.multilingual import is_miracl_language_folder, is_xquad_r_folder
 from lit_nomic.evaluation.pairs import is_stsb_folder, is_tatoeba_folder
-from lit_nomic.data.paths import data_root as default_data_root
-from lit_nomic.data.paths import fetch_hint, resolve_dataset
 
 TaskKind = Literal["beir", "miracl", "xquad_r", "sts", "bitext"]
 
