@@ -239,7 +239,8 @@ def test_mteb_compare_command_line_hides_machine_paths(tmp_path: Path) -> None:
     assert home not in line
     repo = tmp_path / "repo"
     line = mc._command_line(
-        ["--output", str(repo / "results" / "x"), "--cache_dir=/tmp/elsewhere/cache", "--data", "/mnt/d"], cwd=repo
+        ["--output", str(repo / "results" / "x"), "--cache_dir=/tmp/elsewhere/cache", "--data", "/mnt/d"],
+        cwd=repo,
     )
     assert line == f"{mc.PROG} --output results/x '--cache_dir=<cache_dir>' --data '<data>'"
     assert _ABSOLUTE.search(line) is None
