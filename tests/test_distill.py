@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from train_common_loader import load_train_common
 
 from lit_nomic.data.collate import PairCollator
 from lit_nomic.data.mixture import SourceSpec
@@ -30,7 +31,7 @@ from lit_nomic.training.optim import OptimConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = "all-minilm-l6-v2"
-DIST_SCRIPT = Path(__file__).parent / "dist_scripts" / "distill_equivalence.py"
+DIST_SCRIPTS = Path(__file__).parent / "dist_scripts"
 
 
 # ---------------------------------------------------------------------------- the losses by hand
@@ -325,97 +326,13 @@ def test_checkpoints_hold_no_teacher_and_resume_and_export(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------------------- 2 processes
-@pytest.mark.skipif(
+needs_gloo = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
 )
-def test_two_process_distillation_matches_single_process() -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    proc = subprocess.run(
-        [sys.executable, str(DIST_SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO_ROOT,
-    )
-    report = f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, report
-    match = re.search(r"^OK cases=(\d+) max_loss_diff=(\S+) max_grad_diff=(\S+)$", proc.stdout, re.MULTILINE)
-    assert match, report
-    assert int(match.group(1)) == 2
-    assert float(match.group(2)) < 1e-5 and float(match.group(3)) < 1e-5, report
 
 
-@pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
-)
-def test_fsdp2_sharded_teacher_matches_single_process() -> None:
-    """FSDP2 on 2 gloo processes: the teacher sharded like the student (each rank holds half of its
-    weights), the global-batch loss and gradients of one process, and the cache decided across ranks."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    script = DIST_SCRIPT.parent / "distill_fsdp2.py"
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT
-    )
-    report = f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, report
-    match = re.search(r"^OK cases=(\d+) max_loss_diff=(\S+) max_grad_diff=(\S+)$", proc.stdout, re.MULTILINE)
-    assert match, report
-    assert int(match.group(1)) == 3
-    assert float(match.group(2)) < 1e-5 and float(match.group(3)) < 1e-5, report
-    shards = re.search(r"^SHARDS teacher_params=(\d+) local=(\d+) full=(\d+)$", proc.stdout, re.MULTILINE)
-    assert shards, report
-    local, full = int(shards.group(2)), int(shards.group(3))
-    assert 0 < local < full and abs(2 * local - full) < full // 100, report  # rank 0 holds about half
-    assert re.search(r"^CACHE forwards=3,0,2$", proc.stdout, re.MULTILINE), report
-
-
-@pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
-)
-def test_lightning_ddp_distillation_matches_single_process(tmp_path: Path) -> None:
-    """Lightning's own DDP strategy (2 gloo processes): the logged global-batch losses of 3 steps."""
-    sys.path.insert(0, str(DIST_SCRIPT.parent))
-    try:
-        import train_common
-    finally:
-        sys.path.remove(str(DIST_SCRIPT.parent))
-    data = train_common.write_toy_pairs(tmp_path / "pairs.jsonl")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)  # the script launches its own 2 processes
-    script = DIST_SCRIPT.parent / "distill_lightning_ddp.py"
-    cmd = [sys.executable, str(script), "--out", str(tmp_path), "--data", str(data), "--steps", "3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env, cwd=REPO_ROOT)
-    report = f"exit code {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
-    assert proc.returncode == 0, report
-    match = re.search(r"^OK steps=3 max_loss_diff=(\S+)$", proc.stdout, re.MULTILINE)
-    assert match and float(match.group(1)) < 1e-5, report
-
-
-@pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
-)
-def test_lightning_fsdp2_sharded_teacher_and_cache_match_single_process(tmp_path: Path) -> None:
-    """Lightning's ModelParallelStrategy (2 gloo processes): the teacher sharded, two epochs of 2 steps,
-    the second served from the teacher cache; the logged losses are the uncached single-process ones."""
-    sys.path.insert(0, str(DIST_SCRIPT.parent))
-    try:
-        import train_common
-    finally:
-        sys.path.remove(str(DIST_SCRIPT.parent))
-    data = train_common.write_toy_pairs(tmp_path / "pairs.jsonl", count=16)  # 2 global batches of 8
+def run_dist_script(name: str, *args: str, timeout: int) -> tuple[str, str]:
+    """Run ``dist_scripts/<name>``, which launches its own 2 processes: its stdout and a failure report."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
@@ -424,16 +341,60 @@ def test_lightning_fsdp2_sharded_teacher_and_cache_match_single_process(tmp_path
     }
     for var in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
-    script = DIST_SCRIPT.parent / "distill_lightning_ddp.py"
-    cmd = [sys.executable, str(script), "--out", str(tmp_path), "--data", str(data), "--steps", "4"]
-    proc = subprocess.run(
-        [*cmd, "--strategy", "fsdp2"], capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT
-    )
+    cmd = [sys.executable, str(DIST_SCRIPTS / name), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
     report = f"exit code {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     assert proc.returncode == 0, report
-    match = re.search(r"^OK steps=4 max_loss_diff=(\S+)$", proc.stdout, re.MULTILINE)
+    return proc.stdout, report
+
+
+def assert_cases_ok(stdout: str, report: str, cases: int) -> None:
+    """The ``OK`` line of an equivalence script: every case within 1e-5 of one process."""
+    match = re.search(r"^OK cases=(\d+) max_loss_diff=(\S+) max_grad_diff=(\S+)$", stdout, re.MULTILINE)
+    assert match, report
+    assert int(match.group(1)) == cases
+    assert float(match.group(2)) < 1e-5 and float(match.group(3)) < 1e-5, report
+
+
+@needs_gloo
+def test_two_process_distillation_matches_single_process() -> None:
+    assert_cases_ok(*run_dist_script("distill_equivalence.py", timeout=300), cases=2)
+
+
+@needs_gloo
+def test_fsdp2_sharded_teacher_matches_single_process() -> None:
+    """FSDP2 on 2 gloo processes: the teacher sharded like the student (each rank holds half of its
+    weights), the global-batch loss and gradients of one process, and the cache decided across ranks."""
+    stdout, report = run_dist_script("distill_fsdp2.py", timeout=600)
+    assert_cases_ok(stdout, report, cases=3)
+    shards = re.search(r"^SHARDS teacher_params=(\d+) local=(\d+) full=(\d+)$", stdout, re.MULTILINE)
+    assert shards, report
+    local, full = int(shards.group(2)), int(shards.group(3))
+    assert 0 < local < full and abs(2 * local - full) < full // 100, report  # rank 0 holds about half
+    assert re.search(r"^CACHE forwards=3,0,2$", stdout, re.MULTILINE), report
+
+
+@needs_gloo
+def test_lightning_ddp_distillation_matches_single_process(tmp_path: Path) -> None:
+    """Lightning's own DDP strategy (2 gloo processes): the logged global-batch losses of 3 steps."""
+    data = load_train_common().write_toy_pairs(tmp_path / "pairs.jsonl")
+    stdout, report = run_dist_script(
+        "distill_lightning_ddp.py", "--out", str(tmp_path), "--data", str(data), "--steps", "3", timeout=420
+    )
+    match = re.search(r"^OK steps=3 max_loss_diff=(\S+)$", stdout, re.MULTILINE)
     assert match and float(match.group(1)) < 1e-5, report
-    teachers = re.findall(r"^TEACHER rank=(\d) sharded=(\w+) forwards=(\d+) cached=(\d+)$", proc.stdout, re.M)
+
+
+@needs_gloo
+def test_lightning_fsdp2_sharded_teacher_and_cache_match_single_process(tmp_path: Path) -> None:
+    """Lightning's ModelParallelStrategy (2 gloo processes): the teacher sharded, two epochs of 2 steps,
+    the second served from the teacher cache; the logged losses are the uncached single-process ones."""
+    data = load_train_common().write_toy_pairs(tmp_path / "pairs.jsonl", count=16)  # 2 global batches of 8
+    args = ["--out", str(tmp_path), "--data", str(data), "--steps", "4", "--strategy", "fsdp2"]
+    stdout, report = run_dist_script("distill_lightning_ddp.py", *args, timeout=600)
+    match = re.search(r"^OK steps=4 max_loss_diff=(\S+)$", stdout, re.MULTILINE)
+    assert match and float(match.group(1)) < 1e-5, report
+    teachers = re.findall(r"^TEACHER rank=(\d) sharded=(\w+) forwards=(\d+) cached=(\d+)$", stdout, re.M)
     assert sorted(r for r, *_ in teachers) == ["0", "1"], report
     # Epoch 1: queries and documents of 2 steps; epoch 2: none (every text cached by one rank or the other).
     assert all(sharded == "True" and forwards == "4" for _, sharded, forwards, _ in teachers), report

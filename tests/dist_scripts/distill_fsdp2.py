@@ -1,14 +1,11 @@
 """Under FSDP2 the teacher is sharded like the student, and the distillation step equals one process's.
 
-The launching process builds the distillation module (tiny dense student, a wider tiny MoE teacher,
-so the learned projection is exercised) from a fixed seed and computes the loss and the student's
-gradients on one global batch of 6 pairs with hard negatives and a duplicated positive. Then two
-gloo processes build the same module, shard it as ``ModelParallelStrategy`` does (a 1-D
-``data_parallel`` CPU mesh handed to ``ContrastiveModule.configure_model``: student *and* teacher
-under ``fully_shard``), each takes its share of the batch (3/3, then 4/2 rows), computes
-``compute_losses``, backpropagates (FSDP2 reduce-scatters the student's gradients; the replicated
-projection is all-reduced by ``on_before_optimizer_step``) and compares the mean loss over ranks and
-the full gradients with the single-process values. One case keeps ``teacher_sharding: replicate``.
+The plan, the toy batch and the module are ``distill_common``'s. Here each of the two gloo processes
+shards the module as ``ModelParallelStrategy`` does (a 1-D ``data_parallel`` CPU mesh handed to
+``ContrastiveModule.configure_model``: student *and* teacher under ``fully_shard``) before its step;
+FSDP2 reduce-scatters the student's gradients, the replicated projection is all-reduced by
+``on_before_optimizer_step``, and the mean loss over ranks and the full gradients are compared with
+the single-process values. One case keeps ``teacher_sharding: replicate``.
 
 Each rank must hold only its own shard of every teacher weight after a step (the root included:
 the teacher reshards after each forward), and the teacher must stay out of the student's state dict.
@@ -30,68 +27,18 @@ Run directly (``python distill_fsdp2.py``) or from ``tests/test_distill.py``.
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
-import tempfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import distill_common as common
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from lit_nomic.data.collate import PairCollator
-from lit_nomic.data.mixture import SourceSpec
 from lit_nomic.data.records import TrainingPair
-from lit_nomic.model.build import ModelSpec
-from lit_nomic.training.distill import DistillConfig
-from lit_nomic.training.module import ContrastiveModule, LossConfig
-from lit_nomic.training.optim import OptimConfig
+from lit_nomic.training.module import ContrastiveModule
 
-TOKENIZER = "all-minilm-l6-v2"
-TOPICS = [
-    "protein enzyme fold",
-    "ocean coral reef",
-    "volcano lava ash",
-    "piano song rhythm",
-    "river flood bridge",
-]
-SPLITS = {"even": (3, 3), "uneven": (4, 2)}
 CASES = [("even", "cosine", "auto"), ("uneven", "mse", "auto"), ("even", "cosine", "replicate")]
-TOLERANCE = 1e-5
-
-
-def pairs() -> list[TrainingPair]:
-    """6 rows; rows 1 and 4 share their positive (a false negative across ranks)."""
-    rows = [TrainingPair(f"what about {t}", f"a study of {t}", (f"{t} unrelated note",)) for t in TOPICS]
-    rows.insert(4, TrainingPair("tell me about enzymes", rows[1].document, ("a note on enzymes",)))
-    return rows
-
-
-def collate(rows: list[TrainingPair]) -> dict:
-    spec = SourceSpec(name="toy", path="-", query_prefix="", document_prefix="", num_negatives=1)
-    return PairCollator(TOKENIZER)(rows, spec, 0)
-
-
-def build(metric: str, sharding: str = "auto", cache: str | None = None) -> ContrastiveModule:
-    torch.manual_seed(0)
-    spec = lambda preset, **o: ModelSpec(  # noqa: E731
-        preset=preset, tokenizer=TOKENIZER, overrides={"vocab_size": 30522, "aux_loss_coef": 0.0, **o}
-    )
-    return ContrastiveModule(
-        model=spec("tiny-dense"),
-        loss=LossConfig(temperature=0.05, mask_false_negatives=True),
-        optim=OptimConfig(total_steps=1),
-        distill=DistillConfig(
-            teacher=spec("tiny-moe", hidden_size=96),
-            embedding_metric=metric,
-            score_weight=0.5,
-            teacher_sharding=sharding,  # type: ignore[arg-type]
-            teacher_cache=cache,
-        ),
-    )
 
 
 def shard(module: ContrastiveModule) -> None:
@@ -102,28 +49,13 @@ def shard(module: ContrastiveModule) -> None:
     module.configure_model()
 
 
-def step(module: ContrastiveModule, rows: list[TrainingPair]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss and gradients; under FSDP2 the global-batch values (mean loss over ranks, full gradients)."""
-    from torch.distributed.tensor import DTensor
-
-    module.zero_grad(set_to_none=True)
-    loss = module.compute_losses(collate(rows)).loss
-    loss.backward()
-    loss = loss.detach()
-    if dist.is_initialized():
-        module.on_before_optimizer_step(None)  # type: ignore[arg-type]  # the replicated projection
-        dist.all_reduce(loss)
-        loss /= dist.get_world_size()
-    grads = {}
-    for name, p in module.named_parameters():
-        if p.grad is not None:
-            grad = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
-            grads[name] = grad.detach().clone()
-    return loss, grads
+def step(module: ContrastiveModule, rows: list[TrainingPair]) -> common.Result:
+    """Under FSDP2 the global-batch values; the replicated projection is all-reduced as Lightning would."""
+    return common.step(module, rows, sync=lambda m: m.on_before_optimizer_step(None))  # type: ignore[arg-type]
 
 
-def reference(path: Path) -> None:
-    torch.save({metric: step(build(metric), pairs()) for _, metric, _ in CASES}, path)
+def reference() -> dict[str, common.Result]:
+    return {metric: step(common.build(metric), common.pairs()) for _, metric, _ in CASES}
 
 
 def expected_rows(length: int, rank: int, world: int) -> int:
@@ -172,10 +104,10 @@ def count_forwards(module: ContrastiveModule) -> list[int]:
 def cache_check(rank: int, world: int, folder: str) -> list[str]:
     """First pass fills the cache, a second identical pass runs no teacher, a one-rank miss runs both."""
     failures = []
-    module = build("cosine", cache=folder)
+    module = common.build("cosine", teacher_cache=folder)
     shard(module)
     calls = count_forwards(module)
-    rows = pairs()[3 * rank : 3 * rank + 3]
+    rows = common.share("even", rank)
     first = step(module, rows)
     after_first = calls[0]
     second = step(module, rows)
@@ -206,38 +138,19 @@ def cache_check(rank: int, world: int, folder: str) -> list[str]:
     return failures
 
 
-def worker(rank: int, world: int, port: int, path: Path, folder: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=120),
-    )
-    expected = torch.load(path)
-    worst_loss = worst_grad = 0.0
-    failures: list[str] = []
+def worker(
+    rank: int, world: int, expected: dict[str, common.Result], folder: Path
+) -> tuple[list[str], common.Tally]:
+    tally = common.Tally()
     for split, metric, sharding in CASES:
         case = f"{split}-{metric}-{sharding}"
-        module = build(metric, sharding)
+        module = common.build(metric, teacher_sharding=sharding)
         shard(module)
-        sizes = SPLITS[split]
-        start = sum(sizes[:rank])
-        loss, grads = step(module, pairs()[start : start + sizes[rank]])
-        ref_loss, ref_grads = expected[metric]
-        diff = (loss - ref_loss).abs().item()
-        worst_loss = max(worst_loss, diff)
-        if diff > TOLERANCE:
-            failures.append(f"{case}: loss {loss.item()} vs single-process {ref_loss.item()}")
-        if set(grads) != set(ref_grads):
-            failures.append(f"{case}: gradient names differ")
+        if not tally.compare(case, step(module, common.share(split, rank)), expected[metric]):
             continue
-        for name, grad in grads.items():
-            worst_grad = max(worst_grad, (grad - ref_grads[name]).abs().max().item())
         if sharding == "auto":
             bad, local, full = check_shards(module, rank, world)
-            failures += [f"{case}: {b}" for b in bad]
+            tally.failures += [f"{case}: {b}" for b in bad]
             if rank == 0 and split == "even":
                 count = sum(1 for _ in module.distiller.teacher.parameters())  # type: ignore[union-attr]
                 print(f"SHARDS teacher_params={count} local={local} full={full}", flush=True)
@@ -245,41 +158,13 @@ def worker(rank: int, world: int, port: int, path: Path, folder: str) -> None:
             from lit_nomic.training.parallel import is_sharded
 
             if is_sharded(module.distiller.teacher):  # type: ignore[union-attr]
-                failures.append(f"{case}: teacher_sharding=replicate sharded the teacher")
-    failures += cache_check(rank, world, folder)
-    if worst_grad > TOLERANCE:
-        failures.append(f"gradients differ by {worst_grad}")
+                tally.failures.append(f"{case}: teacher_sharding=replicate sharded the teacher")
+    failures = tally.failures + cache_check(rank, world, str(folder / "cache")) + tally.gradient_failures()
     # Every rank reports its own failures through rank 0.
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, failures)
-    everything = [f"rank {r}: {f}" for r, fs in enumerate(gathered) for f in fs]
-    if rank == 0:
-        for failure in everything:
-            print(f"FAIL {failure}", flush=True)
-        if not everything:
-            print(
-                f"OK cases={len(CASES)} max_loss_diff={worst_loss:.3e} max_grad_diff={worst_grad:.3e}",
-                flush=True,
-            )
-    dist.barrier()
-    dist.destroy_process_group()
-    if everything:
-        sys.exit(1)
-
-
-def main() -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "reference.pt"
-        reference(path)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mp.spawn(worker, args=(2, port, path, str(Path(tmp) / "cache")), nprocs=2, join=True)
-    return 0
+    return [f"rank {r}: {f}" for r, fs in enumerate(gathered) for f in fs], tally
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run(reference, worker, len(CASES)))
