@@ -276,6 +276,32 @@ def test_table_include_adds_another_sweeps_variant_compared_with_the_baseline(tm
     assert "| moe-teacher (other) | 2 |" in md
 
 
+def test_table_pairs_test_two_variants_against_each_other(tmp_path: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        "seeds: [0, 1, 2]\nvariants: {base: {}, a: {trainer.max_steps: 5}, b: {trainer.max_steps: 6}}\n"
+        "baseline: base\ntable: {pairs: [[a, b]]}\n",
+    )
+    spec = load_sweep(path)
+    assert spec.name == "s" and spec.baseline == "base"  # the pair check leaves the sweep's own fields alone
+    paths = SweepPaths(tmp_path / "runs", tmp_path / "records")
+    rng = np.random.default_rng(2)
+    queries = [f"q{i}" for i in range(50)]
+    shift = {"base": 0.0, "a": 0.15, "b": 0.1}
+    for run in spec.runs():
+        fake_record(paths, run, {q: 0.3 + shift[run.variant] + rng.normal(0, 0.05) for q in queries}, 0.5)
+    table = aggregate.collect(spec, paths, spec.runs())
+    (pair,) = table.pairs
+    rows = {r.group: r for r in table.rows}
+    assert (pair.first.group, pair.second.group) == ("a", "b")
+    expected = aggregate.paired_test(rows["a"].per_query["toy"], rows["b"].per_query["toy"])
+    assert pair.comparisons["toy"] == expected and expected.delta == pytest.approx(0.05, abs=0.02)
+    written = aggregate.write_outputs(table, tmp_path / "out", "cmd")
+    md = written["markdown"].read_text()
+    assert f"| a vs b | – | {100 * expected.delta:+.2f}, p={expected.p_value:.3g} |" in md
+    assert sum(line.startswith("a vs b,pair,toy,") for line in written["csv"].read_text().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("include", "message"),
     [
@@ -287,5 +313,21 @@ def test_table_include_adds_another_sweeps_variant_compared_with_the_baseline(tm
 )
 def test_bad_table_include_names_the_entry(tmp_path: Path, include: str, message: str) -> None:
     path = write_sweep(tmp_path, f"table: {{include: {include}}}\n")
+    with pytest.raises(SweepError, match=re.escape(message)):
+        load_sweep(path)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        ("[[base, nope]]", "table.pairs[0]: 'nope' is not a variant or include label"),
+        ("[[base]]", "table.pairs[0] must be two different variant names"),
+        ("[[base, base]]", "table.pairs[0] must be two different variant names"),
+    ],
+)
+def test_bad_table_pairs_name_the_entry(tmp_path: Path, pairs: str, message: str) -> None:
+    path = write_sweep(
+        tmp_path, f"variants: {{base: {{}}, x: {{trainer.max_steps: 5}}}}\ntable: {{pairs: {pairs}}}\n"
+    )
     with pytest.raises(SweepError, match=re.escape(message)):
         load_sweep(path)

@@ -75,6 +75,15 @@ class GroupRow:
 
 
 @dataclass
+class PairComparison:
+    """``first`` against ``second`` (both rows of the table at the same grid point), per column."""
+
+    first: GroupRow
+    second: GroupRow
+    comparisons: dict[str, Comparison]
+
+
+@dataclass
 class SweepTable:
     title: str
     baseline: str | None
@@ -82,6 +91,7 @@ class SweepTable:
     rows: list[GroupRow]
     missing: list[str]  # planned runs without a finished record
     ignored: list[str]  # records of runs not in the current plan
+    pairs: list[PairComparison] = field(default_factory=list)  # ``table.pairs``, beyond the baseline
 
 
 def column_of(result: Mapping[str, Any]) -> str:
@@ -118,13 +128,13 @@ def collect(sweep: SweepSpec, paths: SweepPaths, runs: Sequence[RunSpec]) -> Swe
     table = SweepTable(sweep.title, sweep.baseline, [], [], [], [])
     rows: dict[str, GroupRow] = {}
     for run in runs:
-        _add_run(table, rows, sweep, run, paths.record_dir(run), run.group)
+        _add_run(table, rows, sweep, run, paths.record_dir(run), run.group, run.variant)
     for label, other, variant in included(sweep):
         other_paths = SweepPaths(paths.run_root, paths.records.parent / other.name)
         for run in other.runs():
             if run.variant == variant:
                 group = run.group.replace(variant, label, 1) + f" ({other.name})"
-                _add_run(table, rows, sweep, run, other_paths.record_dir(run), group)
+                _add_run(table, rows, sweep, run, other_paths.record_dir(run), group, label)
     table.ignored = sorted(
         p.name
         for p in (paths.records / "runs").glob("*")
@@ -132,11 +142,18 @@ def collect(sweep: SweepSpec, paths: SweepPaths, runs: Sequence[RunSpec]) -> Swe
     )
     table.rows = list(rows.values())
     _compare(table, sweep)
+    _compare_pairs(table, sweep)
     return table
 
 
 def _add_run(
-    table: SweepTable, rows: dict[str, GroupRow], sweep: SweepSpec, run: RunSpec, record_dir: Path, group: str
+    table: SweepTable,
+    rows: dict[str, GroupRow],
+    sweep: SweepSpec,
+    run: RunSpec,
+    record_dir: Path,
+    group: str,
+    variant: str,
 ) -> None:
     """Add one finished run's record to its group's row, or list the run as missing."""
     from lit_nomic.evaluation.results import MAIN_METRIC, load_result
@@ -147,7 +164,7 @@ def _add_run(
     if not record or record.get("status") != "finished" or record.get("config_hash") != run.config_hash:
         table.missing.append(run.name)
         return
-    row = rows.setdefault(group, GroupRow(group, run.variant if group == run.group else group, run.point))
+    row = rows.setdefault(group, GroupRow(group, variant, run.point))
     row.seeds.append(run.seed)
     row.parameters = row.parameters or record.get("parameters")
     if record.get("train_tokens_per_s"):
@@ -186,6 +203,31 @@ def _compare(table: SweepTable, sweep: SweepSpec) -> None:
                 comparison = paired_test(row.per_query[col], base.per_query[col])
                 if comparison is not None:
                     row.comparisons[col] = comparison
+
+
+def _compare_pairs(table: SweepTable, sweep: SweepSpec) -> None:
+    """The ``table.pairs`` tests: two variants other than the baseline, e.g. what a loss adds on top of
+    an initialisation both runs share; same paired test as against the baseline."""
+    for first_name, second_name in sweep.table.get("pairs") or []:
+        for first in (r for r in table.rows if r.variant == first_name):
+            point = tuple(sorted(first.point.items(), key=str))
+            second = next(
+                (
+                    r
+                    for r in table.rows
+                    if r.variant == second_name and tuple(sorted(r.point.items(), key=str)) == point
+                ),
+                None,
+            )
+            if second is None:
+                continue
+            comparisons = {}
+            for col in table.columns:
+                if col in first.per_query and col in second.per_query:
+                    comparison = paired_test(first.per_query[col], second.per_query[col])
+                    if comparison is not None:
+                        comparisons[col] = comparison
+            table.pairs.append(PairComparison(first, second, comparisons))
 
 
 def seed_mean(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -297,6 +339,16 @@ def to_markdown(table: SweepTable, command: str) -> str:
             f"(n.s.) = not significant at p < {ALPHA}; – = no per-query scores (e.g. STS correlations)."
         )
         out += ["", *_markdown(sig_header, sig_body), ""]
+    if table.pairs:
+        out.append("The same test between other pairs of variants (first minus second):")
+        body = [
+            [
+                f"{pair.first.group} vs {pair.second.group}",
+                *(_p(pair.comparisons.get(c)) for c in table.columns),
+            ]
+            for pair in table.pairs
+        ]
+        out += ["", *_markdown(["pair", *table.columns], body), ""]
     if table.missing:
         out.append(f"Not finished yet ({len(table.missing)}): " + ", ".join(f"`{m}`" for m in table.missing))
         out.append("")
@@ -332,6 +384,21 @@ def to_csv(table: SweepTable, command: str) -> str:
                     "" if comparison is None else f"{comparison.delta:.6f}",
                     "" if comparison is None else f"{comparison.p_value:.6g}",
                     " ".join(map(str, sorted(row.seeds))),
+                ]
+            )
+    for pair in table.pairs:
+        for col, comparison in pair.comparisons.items():
+            writer.writerow(
+                [
+                    f"{pair.first.group} vs {pair.second.group}",
+                    "pair",
+                    col,
+                    "",
+                    "",
+                    "",
+                    f"{comparison.delta:.6f}",
+                    f"{comparison.p_value:.6g}",
+                    "",
                 ]
             )
     writer.writerow([f"# regenerate: {command}"])

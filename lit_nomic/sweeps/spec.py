@@ -43,7 +43,7 @@ SWEEP_KEYS = {
     "profiles": "name -> top-level keys replaced (overrides merged) when planned with --profile NAME",
 }
 EVAL_KEYS = {"data", "split", "args"}
-TABLE_KEYS = {"metric", "datasets", "primary", "include"}
+TABLE_KEYS = {"metric", "datasets", "primary", "include", "pairs"}
 INCLUDE_KEYS = {"sweep", "variant", "label"}
 SLURM_KEYS = {
     "nodes",
@@ -217,8 +217,18 @@ def load_sweep(path: str | Path, profile: str | None = None) -> SweepSpec:
         raise SweepError(f"{path}: baseline {baseline!r} is not a variant ({', '.join(variants)})")
     for section, known in (("eval", EVAL_KEYS), ("table", TABLE_KEYS), ("slurm", SLURM_KEYS)):
         _check_known(raw.get(section) or {}, dict.fromkeys(known, ""), path, f"{section}.")
-    for i, entry in enumerate((raw.get("table") or {}).get("include") or []):
+    includes = (raw.get("table") or {}).get("include") or []
+    for i, entry in enumerate(includes):
         _check_include(entry, path, i, variants)
+    names = set(variants) | {str(e.get("label") or e["variant"]) for e in includes}
+    for i, pair in enumerate((raw.get("table") or {}).get("pairs") or []):
+        if not (isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1]):
+            raise SweepError(f"{path}: table.pairs[{i}] must be two different variant names, got {pair!r}")
+        for member in pair:
+            if member not in names:
+                raise SweepError(
+                    f"{path}: table.pairs[{i}]: {member!r} is not a variant or include label ({', '.join(sorted(names))})"
+                )
     seed_keys = list(raw.get("seed_keys") or DEFAULT_SEED_KEYS)
     return SweepSpec(
         name=name,
