@@ -131,6 +131,13 @@ def test_tiny_sweep_killed_resumed_and_rerun(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     md = (paths.records / "table.md").read_text()
     assert md.count("| a (baseline) | 1 |") == 1 and md.count("| b | 1 |") == 1
+    proc = sweep_cli(tmp_path, "table", "sweep.yaml", "--output", "tables")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert (tmp_path / "tables" / "table.md").read_text() == md.replace(
+        "Regenerate: `lit-nomic sweep table sweep.yaml`",
+        "Regenerate: `lit-nomic sweep table sweep.yaml --output tables`",
+    )
     record = json.loads((paths.record_dir(runs[1]) / "run.json").read_text())
     assert record["status"] == "finished" and record["parameters"]["total"] > record["parameters"]["active"]
     assert record["train_tokens_per_s"] > 0 and record["encode_docs_per_s"] > 0
