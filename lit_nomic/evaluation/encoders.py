@@ -318,7 +318,15 @@ class CacheKey:
 
 
 class EmbeddingCache:
-    """Memory layer always; disk layer under ``root`` when given (atomic ``.npy`` files)."""
+    """Memory layer always; disk layer under ``root`` when given (atomic ``.npy`` files).
+
+    Why not mteb's ``CachedEmbeddingWrapper`` (mteb is a dependency): it keys vectors by the item's
+    content hash inside a folder per task and prompt type, with no model identity in the key, so a
+    retrained model pointed at the same folder silently gets the old model's vectors; its index is a
+    plain ``json.dump`` (a killed run can leave it torn); and it wraps mteb's encode protocol (DataLoader
+    batches plus task metadata), which our evaluation and ``lit-nomic encode`` do not go through. Our cache's
+    identity is (model hash, prefix, max length, texts), so a changed model is a miss.
+    """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else None
