@@ -46,28 +46,22 @@ def _first_existing(candidates: list[Path], what: str, folder: Path) -> Path:
     )
 
 
-def topics_path(folder: Path, split: str) -> Path:
+def _miracl_tsv(folder: Path, split: str, kind: str) -> Path:
+    """``<kind>.<split>.tsv``, or the MIRACL release layout ``<kind>/<kind>.miracl-v1.0-<lang>-<split>.tsv``."""
     lang = folder.name
     return _first_existing(
-        [
-            folder / f"topics.{split}.tsv",
-            folder / "topics" / f"topics.miracl-v1.0-{lang}-{split}.tsv",
-        ],
-        f"topics for split {split!r}",
+        [folder / f"{kind}.{split}.tsv", folder / kind / f"{kind}.miracl-v1.0-{lang}-{split}.tsv"],
+        f"{kind} for split {split!r}",
         folder,
     )
+
+
+def topics_path(folder: Path, split: str) -> Path:
+    return _miracl_tsv(folder, split, "topics")
 
 
 def qrels_path(folder: Path, split: str) -> Path:
-    lang = folder.name
-    return _first_existing(
-        [
-            folder / f"qrels.{split}.tsv",
-            folder / "qrels" / f"qrels.miracl-v1.0-{lang}-{split}.tsv",
-        ],
-        f"qrels for split {split!r}",
-        folder,
-    )
+    return _miracl_tsv(folder, split, "qrels")
 
 
 def corpus_files(folder: Path) -> list[Path]:

@@ -188,46 +188,41 @@ def _add_run(
             row.per_query.setdefault(col, []).append(scores)
 
 
+def _point(row: GroupRow) -> tuple:
+    """The row's grid point as a hashable key: rows are compared only at the same point."""
+    return tuple(sorted(row.point.items(), key=str))
+
+
+def _compare_rows(first: GroupRow, second: GroupRow, columns: Sequence[str]) -> dict[str, Comparison]:
+    """The paired test of ``first`` against ``second`` in every column both have per-query scores for."""
+    out = {}
+    for col in columns:
+        if col in first.per_query and col in second.per_query:
+            comparison = paired_test(first.per_query[col], second.per_query[col])
+            if comparison is not None:
+                out[col] = comparison
+    return out
+
+
 def _compare(table: SweepTable, sweep: SweepSpec) -> None:
     if table.baseline is None:
         return
-    baselines = {
-        tuple(sorted(r.point.items(), key=str)): r for r in table.rows if r.variant == table.baseline
-    }
+    baselines = {_point(r): r for r in table.rows if r.variant == table.baseline}
     for row in table.rows:
-        base = baselines.get(tuple(sorted(row.point.items(), key=str)))
-        if base is None or base is row:
-            continue
-        for col in table.columns:
-            if col in row.per_query and col in base.per_query:
-                comparison = paired_test(row.per_query[col], base.per_query[col])
-                if comparison is not None:
-                    row.comparisons[col] = comparison
+        base = baselines.get(_point(row))
+        if base is not None and base is not row:
+            row.comparisons.update(_compare_rows(row, base, table.columns))
 
 
 def _compare_pairs(table: SweepTable, sweep: SweepSpec) -> None:
     """The ``table.pairs`` tests: two variants other than the baseline, e.g. what a loss adds on top of
     an initialisation both runs share; same paired test as against the baseline."""
     for first_name, second_name in sweep.table.get("pairs") or []:
+        seconds = {_point(r): r for r in table.rows if r.variant == second_name}
         for first in (r for r in table.rows if r.variant == first_name):
-            point = tuple(sorted(first.point.items(), key=str))
-            second = next(
-                (
-                    r
-                    for r in table.rows
-                    if r.variant == second_name and tuple(sorted(r.point.items(), key=str)) == point
-                ),
-                None,
-            )
-            if second is None:
-                continue
-            comparisons = {}
-            for col in table.columns:
-                if col in first.per_query and col in second.per_query:
-                    comparison = paired_test(first.per_query[col], second.per_query[col])
-                    if comparison is not None:
-                        comparisons[col] = comparison
-            table.pairs.append(PairComparison(first, second, comparisons))
+            second = seconds.get(_point(first))
+            if second is not None:
+                table.pairs.append(PairComparison(first, second, _compare_rows(first, second, table.columns)))
 
 
 def seed_mean(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
