@@ -158,6 +158,12 @@ def test_committed_results_are_portable_and_valid() -> None:
             assert hit is None, (
                 f"{path.relative_to(REPO)}: machine-specific path near {text[hit.start() : hit.start() + 60]!r}"
             )
+    for path in RESULTS.rglob("*.json"):  # every result was produced by committed code
+        commit = json.loads(path.read_text(encoding="utf-8"))
+        commit = commit.get("git_commit") if isinstance(commit, dict) else None
+        assert not (isinstance(commit, str) and commit.endswith("+dirty")), (
+            f"{path.relative_to(REPO)}: produced from uncommitted code ({commit}); regenerate it from a commit"
+        )
     for table in RESULTS.rglob("*.md"):
         if table.name == "README.md" or table.parent.name == "bench" or table.name == "benchmarks.md":
             continue
