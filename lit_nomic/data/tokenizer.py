@@ -47,8 +47,9 @@ def load_tokenizer(
 
     ``shared=True`` loads once per resolved location and process, for data collators: the XLM-R
     tokenizer (250k pieces) takes seconds to build. Models get their own object (the default), so that
-    nothing one model sets on its tokenizer leaks into another's. A reference that matches nothing local and not the Hub raises ``FileNotFoundError``, a
-    local folder that does not load ``OSError``; both name the resolved location.
+    nothing one model sets on its tokenizer leaks into another's. A reference that matches nothing
+    local and not the Hub raises ``FileNotFoundError``, a local folder that does not load ``OSError``;
+    both name the resolved location.
     """
     location = resolve_tokenizer(name_or_path, root)
     return _load_shared(location) if shared else _load(location)
